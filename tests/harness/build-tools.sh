@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Build (once) and cache, outside the repository, the Kubernetes binaries the
+# Mace test harness needs: kube-apiserver, kubectl, helm (from Go modules) and
+# etcd (Debian's etcd-server).  No Docker, no downloads other than the Go module
+# proxy and Debian apt.
+#
+# Usage:   eval "$(tests/harness/build-tools.sh)"
+# Prints on stdout (one per line):  KUBE_APISERVER=... KUBECTL=... HELM=... ETCD=...
+# Progress goes to stderr.  A warm cache does no Go work at all.
+#
+# Environment:
+#   MACE_TOOLS_CACHE   cache root            (default /var/cache/mace-tools)
+#   MACE_K8S_VERSION   k8s.io/kubernetes tag (default v1.34.4)
+#   MACE_HELM_VERSION  helm.sh/helm/v3 tag   (default v3.19.5)
+# See tests/harness/TOOLS-NOTES.md for measured build times and working flags.
+set -euo pipefail
+
+K8S_VERSION="${MACE_K8S_VERSION:-v1.34.4}"
+HELM_VERSION="${MACE_HELM_VERSION:-v3.19.5}"
+CACHE="${MACE_TOOLS_CACHE:-/var/cache/mace-tools}"
+
+K8S_DIR="$CACHE/k8s-$K8S_VERSION"
+HELM_DIR="$CACHE/helm-$HELM_VERSION"
+KUBE_APISERVER="$K8S_DIR/bin/kube-apiserver"
+KUBECTL="$K8S_DIR/bin/kubectl"
+HELM="$HELM_DIR/bin/helm"
+
+log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+have_all() { [[ -x $KUBE_APISERVER && -x $KUBECTL && -x $HELM ]]; }
+
+# ---------------------------------------------------------------- Go setup
+go_env() {
+    command -v go >/dev/null 2>&1 || die "go toolchain not found on PATH"
+    # Keep GOPATH/GOCACHE/GOMODCACHE at their defaults so module downloads and
+    # compiled packages are shared between runs.  -mod=mod lets `go build`
+    # complete go.mod/go.sum of the throwaway modules.
+    export GOFLAGS="-mod=mod -buildvcs=false"
+    export GO111MODULE=on
+    export CGO_ENABLED=0          # static binaries, no C toolchain needed
+    unset GOOS GOARCH GOWORK || true
+    export GOWORK=off
+}
+
+# timed NAME CMD...  -- run CMD, log its duration
+timed() {
+    local name=$1 t0=$SECONDS
+    shift
+    "$@"
+    log "$name took $((SECONDS - t0))s"
+}
+
+# go_build OUT PKG LDFLAGS  -- build to OUT.tmp.$$ then rename (atomic)
+go_build() {
+    local out=$1 pkg=$2 ldflags=$3
+    mkdir -p "$(dirname "$out")"
+    go build -trimpath -ldflags "-s -w $ldflags" -o "$out.tmp.$$" "$pkg"
+    mv -f "$out.tmp.$$" "$out"
+    log "built $out ($(du -h "$out" | cut -f1))"
+}
+
+# ------------------------------------------------------ kube-apiserver/kubectl
+build_k8s() {
+    [[ -x $KUBE_APISERVER && -x $KUBECTL ]] && { log "k8s $K8S_VERSION: cached in $K8S_DIR"; return; }
+
+    [[ $K8S_VERSION =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "MACE_K8S_VERSION must look like v1.N.M (got $K8S_VERSION)"
+    local minor=${BASH_REMATCH[1]} patch=${BASH_REMATCH[2]}
+    local staging_ver="v0.$minor.$patch"
+
+    log "k8s $K8S_VERSION: downloading k8s.io/kubernetes module (staging modules at $staging_ver)"
+    local gomod
+    gomod=$(cd "$CACHE" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $gomod ]] || die "could not locate go.mod of k8s.io/kubernetes@$K8S_VERSION in the module cache"
+
+    # Staging modules = the `k8s.io/X => ./staging/src/k8s.io/X` replace lines.
+    local -a staging
+    mapfile -t staging < <(sed -n \
+        's#^[[:space:]]*\(replace[[:space:]]\{1,\}\)\{0,1\}\(k8s\.io/[^[:space:]]*\)[[:space:]]*=>[[:space:]]*\./staging/.*#\2#p' \
+        "$gomod")
+    ((${#staging[@]} > 0)) || die "no staging replace lines found in $gomod"
+    log "k8s $K8S_VERSION: ${#staging[@]} staging modules"
+
+    local gover godebug
+    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$gomod" | head -n1)
+    godebug=$(grep -E '^godebug[[:space:]]' "$gomod" || true)
+
+    local src="$K8S_DIR/src"
+    rm -rf "$src"
+    mkdir -p "$src"
+    {
+        echo "module mace.local/k8s-tools"
+        echo
+        echo "go ${gover:-1.24.0}"
+        [[ -n $godebug ]] && printf '%s\n' "$godebug"
+        echo
+        echo "require k8s.io/kubernetes $K8S_VERSION"
+        echo
+        echo "replace ("
+        local m
+        for m in "${staging[@]}"; do
+            printf '\t%s => %s %s\n' "$m" "$m" "$staging_ver"
+        done
+        echo ")"
+    } >"$src/go.mod"
+
+    # What hack/lib/version.sh would stamp in (so `kubectl version` and
+    # /version report the real release instead of v0.0.0-master).
+    local ld="" p
+    for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
+        ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+        ld+=" -X $p.gitTreeState=clean"
+    done
+
+    cd "$src"
+    [[ -x $KUBE_APISERVER ]] ||
+        timed "go build kube-apiserver" go_build "$KUBE_APISERVER" k8s.io/kubernetes/cmd/kube-apiserver "$ld"
+    [[ -x $KUBECTL ]] ||
+        timed "go build kubectl" go_build "$KUBECTL" k8s.io/kubernetes/cmd/kubectl "$ld"
+    cd - >/dev/null
+}
+
+# ---------------------------------------------------------------------- helm
+build_helm() {
+    [[ -x $HELM ]] && { log "helm $HELM_VERSION: cached in $HELM_DIR"; return; }
+    [[ $HELM_VERSION =~ ^v3\. ]] || die "MACE_HELM_VERSION must be a v3 tag (got $HELM_VERSION)"
+
+    log "helm $HELM_VERSION: downloading helm.sh/helm/v3 module"
+    local gomod gover
+    gomod=$(cd "$CACHE" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $gomod ]] || die "could not locate go.mod of helm.sh/helm/v3@$HELM_VERSION"
+    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$gomod" | head -n1)
+
+    local src="$HELM_DIR/src"
+    rm -rf "$src"
+    mkdir -p "$src"
+    printf 'module mace.local/helm-tools\n\ngo %s\n\nrequire helm.sh/helm/v3 %s\n' \
+        "${gover:-1.24.0}" "$HELM_VERSION" >"$src/go.mod"
+
+    cd "$src"
+    timed "go build helm" go_build "$HELM" helm.sh/helm/v3/cmd/helm \
+        "-X helm.sh/helm/v3/internal/version.version=$HELM_VERSION -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+    cd - >/dev/null
+}
+
+# ---------------------------------------------------------------------- etcd
+find_etcd() {
+    local e
+    e=$(command -v etcd 2>/dev/null || true)
+    if [[ -z $e ]]; then
+        log "etcd missing: apt-get install -y etcd-server"
+        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >&2; then
+            DEBIAN_FRONTEND=noninteractive apt-get update >&2
+            DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >&2
+        fi
+        # Debian's package enables a system etcd service on :2379; the harness
+        # runs its own etcd, so make sure the packaged one does not hold ports.
+        if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
+            systemctl disable --now etcd >/dev/null 2>&1 || true
+        fi
+        e=$(command -v etcd 2>/dev/null || true)
+    fi
+    [[ -n $e && -x $e ]] || die "etcd not available after apt-get install etcd-server"
+    ETCD=$e
+}
+
+# ---------------------------------------------------------------------- main
+main() {
+    local t0=$SECONDS
+    mkdir -p "$CACHE"
+
+    if ! have_all; then
+        # Serialise concurrent callers (e.g. parallel CI jobs on one machine).
+        exec 9>"$CACHE/.lock"
+        if command -v flock >/dev/null 2>&1; then
+            log "taking $CACHE/.lock"
+            flock 9
+        fi
+        go_env
+        build_k8s
+        build_helm
+    else
+        log "all Go-built tools cached under $CACHE"
+    fi
+    find_etcd
+    log "done in $((SECONDS - t0))s"
+
+    printf 'KUBE_APISERVER=%q\n' "$KUBE_APISERVER"
+    printf 'KUBECTL=%q\n' "$KUBECTL"
+    printf 'HELM=%q\n' "$HELM"
+    printf 'ETCD=%q\n' "$ETCD"
+}
+
+main "$@"
