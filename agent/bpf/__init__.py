@@ -1,0 +1,1 @@
+"""eBPF C sources of the Mace agent (package data)."""

@@ -1,0 +1,649 @@
+/* Mace engine: per-packet latency between one process's socket calls and one device.
+ *
+ * Compiled once per Protocol Filter. The agent prepends a generated prelude (see
+ * mace_agent/codegen.py) that defines: the target (DEV_IFINDEX and NETNS_INUM, the agent's
+ * network namespace; PROC_TGID and PROC_NETNS_INUM, the process's network namespace),
+ * struct member offsets read from the kernel's BTF (OFF_*, SKB_SPAN_*), map sizes, the
+ * counter and histogram constants, and per direction (OUT_, IN_) the required IP family and
+ * transport protocol plus two functions copying the flow spec's fields out of a packet:
+ * <dir>_corr() into the fixed-size packet id and <dir>_info() into the info bytes.
+ *
+ * No kernel struct layout from headers is used: every kernel object is read at BTF offsets.
+ *
+ * Egress:  sys_enter_sendto/sendmsg (tid -> start time)
+ *          -> net_dev_queue in that task's context (packet id -> start time)
+ *          -> net_dev_start_xmit on the device (look up, stash per CPU)
+ *          -> net_dev_xmit with rc == 0 (latency).
+ * Ingress: netif_receive_skb on the device (packet id -> arrival time, info)
+ *          -> inside the process's recvmsg/recvfrom, skb_copy_datagram_iovec (TCP, raw,
+ *             ICMP) or, for UDP, the socket queue's datagram confirmed by sock_recv_length
+ *             (move to the thread's batch) -> sys_exit_recvmsg/recvfrom (latency per packet).
+ *          TCP segments merged on the socket are followed by sequence number (tcp_take).
+ */
+
+#define NSEC_PER_SEC 1000000000ULL
+#define ETH_P_IP 0x0800
+#define ETH_P_IPV6 0x86DD
+#define IPPROTO_TCP_ 6
+#define IPPROTO_UDP_ 17
+#define MSG_PEEK_ 2
+
+struct corr_key { u8 b[CORR_BYTES]; };
+
+/* Header positions of one packet (kernel addresses; l2 is 0 when unknown) and, for TCP,
+ * its payload length (0: unknown). */
+struct pkt { const u8 *l2; const u8 *l3; const u8 *l4; u32 payload; };
+
+struct tx_val { u64 ts; u32 tid; u32 pad; };
+struct tx_stash {
+    u64 skb; u64 dev; u64 ts; u32 tid; u32 pad;
+    struct corr_key key;
+    u8 info[INFO_BYTES];
+};
+/* next_seq: TCP, the sequence number after this segment (0: unknown) */
+struct rx_val { u64 ts; u32 next_seq; u32 pad; u8 info[INFO_BYTES]; };
+struct rx_batch {
+    u32 active; u32 n;          /* in a receive call; packets in slot[] */
+    u64 sk;                     /* UDP: the socket being read */
+    u32 claimed; u32 pad;       /* UDP: claim holds the id of the datagram the call returns */
+    struct corr_key claim;
+    u32 resume; u32 resumable;  /* TCP: sequence number of the next segment not yet taken */
+    struct rx_val slot[RX_SLOTS];
+};
+struct event {
+    u64 ts_end; u64 latency; u32 pid; u32 tid; u8 direction; u8 pad[7];
+    u8 info[INFO_BYTES];
+};
+struct rate_window { u64 second; u64 count; };
+
+BPF_TABLE("lru_hash", u32, u64, tx_start, THREAD_ENTRIES);
+BPF_TABLE("lru_hash", struct corr_key, struct tx_val, tx_pending, MAP_ENTRIES);
+BPF_TABLE("lru_hash", struct corr_key, struct rx_val, rx_pending, MAP_ENTRIES);
+BPF_TABLE("lru_hash", u32, struct rx_batch, rx_batch, THREAD_ENTRIES);
+BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
+BPF_PERCPU_ARRAY(batch_template, struct rx_batch, 1);
+BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
+BPF_PERCPU_ARRAY(hist, u64, 2 * HIST_BUCKETS);
+BPF_ARRAY(control, u64, 2);            /* [CONTROL_STREAM] 0/1, [CONTROL_RATE] events/s, 0: no limit */
+BPF_ARRAY(rate, struct rate_window, 1);
+BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+
+static __always_inline void count(u32 index, u64 n)
+{
+    u64 *value = counters.lookup(&index);
+    if (value)
+        *value += n;
+}
+
+static __always_inline void count_max(u32 index, u64 n)
+{
+    u64 *value = counters.lookup(&index);
+    if (value && n > *value)
+        *value = n;
+}
+
+static __always_inline u32 log2_u64(u64 v)
+{
+    u32 r = 0;
+    if (v >> 32) { v >>= 32; r += 32; }
+    if (v >> 16) { v >>= 16; r += 16; }
+    if (v >> 8) { v >>= 8; r += 8; }
+    if (v >> 4) { v >>= 4; r += 4; }
+    if (v >> 2) { v >>= 2; r += 2; }
+    if (v >> 1) { r += 1; }
+    return r;
+}
+
+/* Log2 buckets, each split into HIST_SUB linear sub-buckets (see mace_agent/histogram.py). */
+static __always_inline u32 bucket(u64 v)
+{
+    if (v < HIST_SUB)
+        return v;
+    u32 m = log2_u64(v);
+    return HIST_SUB * (m - HIST_SUB_BITS + 1) + ((v >> (m - HIST_SUB_BITS)) & (HIST_SUB - 1));
+}
+
+static __always_inline int rate_allows(u64 now, u64 limit)
+{
+    u32 zero = 0;
+    struct rate_window *w = rate.lookup(&zero);
+    if (!limit)
+        return 1;
+    if (!w)
+        return 0;
+    u64 second = now / NSEC_PER_SEC;
+    if (w->second != second) {
+        w->second = second;
+        w->count = 0;
+    }
+    __sync_fetch_and_add(&w->count, 1);
+    return w->count <= limit;
+}
+
+/* One measured packet: histogram and summary always, an event when the stream is on. */
+static __always_inline void record(u32 dir, u64 ts, u64 now, u32 tid, const u8 *info)
+{
+    u64 latency = now > ts ? now - ts : 0;
+    u32 slot = dir * HIST_BUCKETS + bucket(latency);
+    u64 *h = hist.lookup(&slot);
+    if (h)
+        *h += 1;
+    u32 base = C_OUT_COUNT + dir * (C_IN_COUNT - C_OUT_COUNT);
+    count(base, 1);
+    count(base + 1, latency);
+    count_max(base + 2, latency);
+    u32 key = CONTROL_STREAM;
+    u64 *on = control.lookup(&key);
+    key = CONTROL_RATE;
+    u64 *limit = control.lookup(&key);
+    if (!on || !*on || !limit)
+        return;
+    if (!rate_allows(now, *limit)) {
+        count(C_RATE_LIMITED, 1);
+        return;
+    }
+    struct event *e = events.ringbuf_reserve(sizeof(struct event));
+    if (!e) {
+        count(C_RINGBUF_DROPPED, 1);
+        return;
+    }
+    e->ts_end = now;
+    e->latency = latency;
+    e->pid = PROC_TGID;
+    e->tid = tid;
+    e->direction = dir;
+    __builtin_memcpy(e->info, info, INFO_BYTES);
+    events.ringbuf_submit(e, 0);
+}
+
+/* Inode number of a device's network namespace (0 if unreadable). */
+static __always_inline u32 dev_netns(const u8 *dev)
+{
+    u64 net = 0;
+    u32 inum = 0;
+    if (!dev || bpf_probe_read_kernel(&net, sizeof(net), dev + OFF_DEV_NET) || !net)
+        return 0;
+    if (bpf_probe_read_kernel(&inum, sizeof(inum), (const u8 *)net + OFF_NET_INUM))
+        return 0;
+    return inum;
+}
+
+static __always_inline int is_target_dev(const u8 *dev)
+{
+    int ifindex = 0;
+    if (!dev || bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX))
+        return 0;
+    return ifindex == DEV_IFINDEX && dev_netns(dev) == NETNS_INUM;
+}
+
+/* 0 if the TCP segment carries data (p->payload: its length, 0 if unknown), -1 if not. */
+static __always_inline int tcp_payload(struct pkt *p, u32 ip_total, u32 ip_header)
+{
+    u8 doff = 0;
+    if (bpf_probe_read_kernel(&doff, 1, p->l4 + 12))
+        return -1;
+    if (!ip_total)  /* GSO packets over 64 KiB carry no length */
+        return 0;
+    u32 headers = ip_header + (doff >> 4) * 4;
+    if (ip_total <= headers)
+        return -1;
+    p->payload = ip_total - headers;
+    return 0;
+}
+
+/* Check the network header against the required family/transport and find the L4 header. */
+static __always_inline int parse_l3(struct pkt *p, u16 proto, int family, int l4proto)
+{
+    if (proto == ETH_P_IP) {
+        u8 ip[20];
+        if (family == 6 || bpf_probe_read_kernel(ip, sizeof(ip), p->l3) || (ip[0] >> 4) != 4)
+            return -1;
+        if (!l4proto)
+            return 0;
+        if (ip[9] != l4proto || ((ip[6] & 0x1f) | ip[7]))  /* other transport, or a later fragment */
+            return -1;
+        u32 header = (ip[0] & 0xf) * 4;
+        p->l4 = p->l3 + header;
+        if (l4proto == IPPROTO_TCP_)
+            return tcp_payload(p, ((u32)ip[2] << 8) | ip[3], header);
+        return 0;
+    }
+    if (proto == ETH_P_IPV6) {
+        u8 ip6[8];
+        if (family == 4 || bpf_probe_read_kernel(ip6, sizeof(ip6), p->l3) || (ip6[0] >> 4) != 6)
+            return -1;
+        if (!l4proto)
+            return 0;
+        if (ip6[6] != l4proto)
+            return -1;
+        p->l4 = p->l3 + 40;
+        if (l4proto == IPPROTO_TCP_)
+            return tcp_payload(p, 40 + (((u32)ip6[4] << 8) | ip6[5]), 40);
+        return 0;
+    }
+    return -1;
+}
+
+static __always_inline u32 be32_at(const u8 *b)
+{
+    return ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | b[3];
+}
+
+static __always_inline void put_be32(u8 *b, u32 v)
+{
+    b[0] = v >> 24;
+    b[1] = v >> 16;
+    b[2] = v >> 8;
+    b[3] = v;
+}
+
+/* Locate the headers of an skb. at_rx_device: in netif_receive_skb, where skb->data is the
+ * network header and network_header is not yet set; elsewhere network_header is valid. */
+static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, int l4proto,
+                                     int at_rx_device)
+{
+    u8 span[SKB_SPAN_LEN];
+    u64 head, data;
+    u16 network, mac, proto_be;
+    if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_START))
+        return -1;
+    __builtin_memcpy(&head, span + OFF_SKB_HEAD - SKB_SPAN_START, 8);
+    __builtin_memcpy(&data, span + OFF_SKB_DATA - SKB_SPAN_START, 8);
+    __builtin_memcpy(&network, span + OFF_SKB_NETWORK_HEADER - SKB_SPAN_START, 2);
+    __builtin_memcpy(&mac, span + OFF_SKB_MAC_HEADER - SKB_SPAN_START, 2);
+    __builtin_memcpy(&proto_be, span + OFF_SKB_PROTOCOL - SKB_SPAN_START, 2);
+    if (!head)
+        return -1;
+    p->l2 = mac == 0xffff ? 0 : (const u8 *)head + mac;
+    if (at_rx_device)
+        p->l3 = (const u8 *)data;
+    else if (network == 0xffff)
+        return -1;
+    else
+        p->l3 = (const u8 *)head + network;
+    u16 proto = (u16)((proto_be & 0xff) << 8) | (proto_be >> 8);
+    return parse_l3(p, proto, family, l4proto);
+}
+
+/* ---- generated field copies ---- */
+
+/* ---- egress ---- */
+
+static __always_inline int tx_begin(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    u64 now = bpf_ktime_get_ns();
+    tx_start.update(&tid, &now);
+    return 0;
+}
+
+static __always_inline int tx_end(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    tx_start.delete(&tid);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return tx_begin(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return tx_begin(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return tx_end(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return tx_end(); }
+
+RAW_TRACEPOINT_PROBE(net_dev_queue)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    u64 *start = tx_start.lookup(&tid);
+    if (!start)
+        return 0;
+    /* Softirqs run in this context may queue other packets (forwarded ones, or a reply
+     * made in another namespace to the packet being sent): keep only packets made here
+     * (never received on an interface) and queued on a device of the process's namespace. */
+    const u8 *skb = (const u8 *)ctx->args[0];
+    int iif = -1;
+    u64 dev = 0;
+    if (bpf_probe_read_kernel(&iif, sizeof(iif), skb + OFF_SKB_IIF) || iif)
+        return 0;
+    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV)
+        || dev_netns((const u8 *)dev) != PROC_NETNS_INUM)
+        return 0;
+    struct pkt p = {};
+    if (parse_skb(skb, &p, OUT_FAMILY, OUT_L4PROTO, 0))
+        return 0;
+    struct corr_key key = {};
+    if (out_corr(&p, key.b))
+        return 0;
+    struct tx_val value = {.ts = *start, .tid = tid};
+    /* BPF_NOEXIST: the packet is queued again on later devices in the same context. */
+    if (tx_pending.insert(&key, &value) == 0)
+        count(C_OUT_INSERTED, 1);
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
+{
+    const u8 *skb = (const u8 *)ctx->args[0];
+    const u8 *dev = (const u8 *)ctx->args[1];
+    if (!is_target_dev(dev))
+        return 0;
+    u32 zero = 0;
+    struct tx_stash *stash = tx_stash.lookup(&zero);
+    if (!stash)
+        return 0;
+    stash->skb = 0;
+    struct pkt p = {};
+    if (parse_skb(skb, &p, OUT_FAMILY, OUT_L4PROTO, 0))
+        return 0;
+    __builtin_memset(&stash->key, 0, sizeof(stash->key));
+    if (out_corr(&p, stash->key.b))
+        return 0;
+    struct tx_val *pending = tx_pending.lookup(&stash->key);
+    if (!pending)
+        return 0;
+    stash->ts = pending->ts;
+    stash->tid = pending->tid;
+    __builtin_memset(stash->info, 0, sizeof(stash->info));
+    out_info(&p, stash->info);
+    stash->dev = (u64)dev;
+    stash->skb = (u64)skb;
+    return 0;
+}
+
+/* The skb may already be consumed here (veth hands it over): only its address is compared. */
+RAW_TRACEPOINT_PROBE(net_dev_xmit)
+{
+    u32 zero = 0;
+    struct tx_stash *stash = tx_stash.lookup(&zero);
+    if (!stash || !stash->skb || stash->skb != ctx->args[0] || stash->dev != ctx->args[2])
+        return 0;
+    stash->skb = 0;
+    if ((int)ctx->args[1] != 0)  /* not NETDEV_TX_OK: the packet will be sent again */
+        return 0;
+    if (tx_pending.delete(&stash->key) != 0)
+        return 0;
+    count(C_OUT_MATCHED, 1);
+    u64 now = bpf_ktime_get_ns();
+    record(DIR_OUT, stash->ts, now, stash->tid, stash->info);
+    return 0;
+}
+
+/* ---- ingress ---- */
+
+RAW_TRACEPOINT_PROBE(netif_receive_skb)
+{
+    const u8 *skb = (const u8 *)ctx->args[0];
+    u64 dev = 0;
+    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || !is_target_dev((const u8 *)dev))
+        return 0;
+    struct pkt p = {};
+    if (parse_skb(skb, &p, IN_FAMILY, IN_L4PROTO, 1))
+        return 0;
+    struct corr_key key = {};
+    if (in_corr(&p, key.b))
+        return 0;
+    struct rx_val value = {};
+    value.ts = bpf_ktime_get_ns();
+#if TCP_SEQ_AT >= 0
+    if (p.payload)
+        value.next_seq = be32_at(key.b + TCP_SEQ_AT) + p.payload;
+#endif
+    in_info(&p, value.info);
+    if (rx_pending.insert(&key, &value) == 0)
+        count(C_IN_INSERTED, 1);
+    else
+        count(C_IN_DUPLICATE, 1);
+    return 0;
+}
+
+static __always_inline struct rx_batch *rx_begin(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    struct rx_batch *batch = rx_batch.lookup(&tid);
+    if (!batch) {
+        u32 zero = 0;
+        struct rx_batch *fresh = batch_template.lookup(&zero);
+        if (!fresh)
+            return 0;
+        rx_batch.update(&tid, fresh);
+        batch = rx_batch.lookup(&tid);
+        if (!batch)
+            return 0;
+    }
+    batch->n = 0;
+    batch->active = 1;
+    batch->claimed = 0;
+    batch->sk = 0;
+    return batch;
+}
+
+/* A packet handed to the process: move it from pending to the thread's batch. Returns
+ * -1 if it was not pending, else its next_seq. */
+static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key)
+{
+    struct rx_val *pending = rx_pending.lookup(key);
+    if (!pending)
+        return -1;
+    s64 next = pending->next_seq;
+    u32 n = batch->n;
+    if (n < RX_SLOTS) {
+        __builtin_memcpy(&batch->slot[n], pending, sizeof(struct rx_val));
+        batch->n = n + 1;
+    } else {
+        count(C_IN_BATCH_OVERFLOW, 1);
+    }
+    if (rx_pending.delete(key) == 0)
+        count(C_IN_MATCHED, 1);
+    return next;
+}
+
+#if TCP_SEQ_AT >= 0
+/* TCP merges segments queued on a socket into one skb, which keeps the first one's header:
+ * take every pending segment the skb carries, [seq, seq + skb->len), in sequence order by
+ * each entry's next_seq; after a partial read, resume where the thread stopped. */
+static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, struct corr_key *key)
+{
+    u32 len = 0;
+    if (bpf_probe_read_kernel(&len, sizeof(len), skb + OFF_SKB_LEN))
+        return;
+    u32 seq = be32_at(key->b + TCP_SEQ_AT);
+    u32 at = seq;
+    for (u32 i = 0; i < TCP_CHAIN; i++) {
+        put_be32(key->b + TCP_SEQ_AT, at);
+        s64 next = rx_take(batch, key);
+        if (next < 0) {
+            if (i || !batch->resumable || batch->resume == seq || batch->resume - seq >= len)
+                break;
+            at = batch->resume;
+            continue;
+        }
+        batch->resume = (u32)next;
+        batch->resumable = next != 0;
+        if (!next || (u32)next - seq >= len)
+            break;
+        at = (u32)next;
+    }
+}
+#define TAKE_COPIED(batch, skb, key) tcp_take(batch, skb, key)
+#else
+#define TAKE_COPIED(batch, skb, key) rx_take(batch, key)
+#endif
+
+/* TCP, raw and ICMP sockets copy each packet through skb_copy_datagram_iter, which fires
+ * skb_copy_datagram_iovec in the receiving task. */
+RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    struct rx_batch *batch = rx_batch.lookup(&tid);
+    if (!batch || !batch->active)
+        return 0;
+    struct pkt p = {};
+    const u8 *skb = (const u8 *)ctx->args[0];
+    if (parse_skb(skb, &p, IN_FAMILY, IN_L4PROTO, 0))
+        return 0;
+    struct corr_key key = {};
+    if (in_corr(&p, key.b))
+        return 0;
+    TAKE_COPIED(batch, skb, &key);
+    return 0;
+}
+
+#if UDP_CLAIM
+/* UDP copies linear datagrams without that tracepoint (and frees them elsewhere), so the
+ * datagram a receive call will return is noted from the socket's queues instead: its head
+ * when the call starts, else the first datagram queued while the thread waits
+ * (sk_data_ready); sock_recv_length confirms the call returned from that socket. */
+
+BPF_TABLE("lru_hash", u64, u32, udp_waiters, THREAD_ENTRIES);
+
+static __always_inline u64 read_ptr(u64 addr)
+{
+    u64 value = 0;
+    if (addr)
+        bpf_probe_read_kernel(&value, sizeof(value), (const void *)addr);
+    return value;
+}
+
+/* The struct sock behind a file descriptor of the current task (garbage if the file is not
+ * a socket: callers check the protocol, and sock_recv_length confirms the socket). */
+static __always_inline u64 fd_to_sock(u64 fd)
+{
+    u64 files = read_ptr(bpf_get_current_task() + OFF_TASK_FILES);
+    u64 fdt = files ? read_ptr(files + OFF_FILES_FDT) : 0;
+    u32 max_fds = 0;
+    if (!fdt || bpf_probe_read_kernel(&max_fds, sizeof(max_fds), (const void *)(fdt + OFF_FDTABLE_MAX_FDS))
+        || fd >= max_fds)
+        return 0;
+    u64 fds = read_ptr(fdt + OFF_FDTABLE_FD);
+    u64 file = fds ? read_ptr(fds + fd * 8) : 0;
+    u64 socket = file ? read_ptr(file + OFF_FILE_PRIVATE_DATA) : 0;
+    return socket ? read_ptr(socket + OFF_SOCKET_SK) : 0;
+}
+
+static __always_inline void udp_claim(struct rx_batch *batch, u64 skb)
+{
+    struct pkt p = {};
+    if (!skb || parse_skb((const u8 *)skb, &p, IN_FAMILY, IN_L4PROTO, 0))
+        return;
+    __builtin_memset(&batch->claim, 0, sizeof(batch->claim));
+    if (in_corr(&p, batch->claim.b) == 0)
+        batch->claimed = 1;
+}
+
+static __always_inline u64 queue_head(u64 sk, u32 qlen_offset, u32 next_offset)
+{
+    u32 qlen = 0;
+    if (bpf_probe_read_kernel(&qlen, sizeof(qlen), (const void *)(sk + qlen_offset)) || !qlen)
+        return 0;
+    return read_ptr(sk + next_offset);
+}
+
+static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
+{
+    u64 sk = fd_to_sock((u32)fd);
+    u16 protocol = 0;
+    if (!sk || bpf_probe_read_kernel(&protocol, sizeof(protocol), (const void *)(sk + OFF_SOCK_PROTOCOL))
+        || protocol != IPPROTO_UDP_)
+        return;
+    batch->sk = sk;
+    u32 tid = bpf_get_current_pid_tgid();
+    udp_waiters.update(&sk, &tid);
+    u64 head = queue_head(sk, OFF_UDP_READER_QUEUE_QLEN, OFF_UDP_READER_QUEUE_NEXT);
+    if (!head)
+        head = queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
+    if (head) {
+        udp_claim(batch, head);
+        udp_waiters.delete(&sk);
+    }
+}
+
+RAW_TRACEPOINT_PROBE(sk_data_ready)
+{
+    u64 sk = ctx->args[0];
+    u32 *waiter = udp_waiters.lookup(&sk);
+    if (!waiter)
+        return 0;
+    u32 tid = *waiter;
+    udp_waiters.delete(&sk);
+    struct rx_batch *batch = rx_batch.lookup(&tid);
+    if (!batch || !batch->active || batch->claimed || batch->sk != sk)
+        return 0;
+    udp_claim(batch, read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV));
+    return 0;
+}
+
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    struct rx_batch *batch = rx_batch.lookup(&tid);
+    if (!batch || !batch->active || !batch->claimed)
+        return 0;
+    batch->claimed = 0;
+    if (batch->sk != ctx->args[0] || (int)ctx->args[1] < 0 || ((int)ctx->args[2] & MSG_PEEK_))
+        return 0;
+    rx_take(batch, &batch->claim);
+    return 0;
+}
+#define WATCH_UDP(batch, fd) udp_watch(batch, fd)
+#else
+#define WATCH_UDP(batch, fd) do { } while (0)
+#endif
+
+static __always_inline int rx_end(void)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if ((id >> 32) != PROC_TGID)
+        return 0;
+    u32 tid = id;
+    struct rx_batch *batch = rx_batch.lookup(&tid);
+    if (!batch || !batch->active)
+        return 0;
+    batch->active = 0;
+#if UDP_CLAIM
+    if (batch->sk)
+        udp_waiters.delete(&batch->sk);
+#endif
+    u64 now = bpf_ktime_get_ns();
+    for (u32 i = 0; i < RX_SLOTS; i++) {
+        if (i >= batch->n)
+            break;
+        record(DIR_IN, batch->slot[i].ts, now, tid, batch->slot[i].info);
+    }
+    batch->n = 0;
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
+{
+    struct rx_batch *batch = rx_begin();
+    if (batch)
+        WATCH_UDP(batch, args->fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+{
+    struct rx_batch *batch = rx_begin();
+    if (batch)
+        WATCH_UDP(batch, args->fd);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_end(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_end(); }

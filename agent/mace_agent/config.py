@@ -1,0 +1,49 @@
+"""Engine settings: map sizes, output mode, rate limit, expiry."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+MAX_MAP_ENTRIES = 1 << 20
+MAX_RINGBUF_PAGES = 4096
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How one engine sizes its state and reports.
+
+    map_entries: capacity of each pending-packet map (egress and ingress; LRU).
+    rate_limit: at most this many per-packet events per second to the stream (0: no limit);
+        packets beyond it are still in the histograms and counted as ``rate_limited``.
+    stream: send per-packet events to user space; histograms are kept either way.
+    ttl_s: a pending packet not matched within this many seconds is expired and counted.
+    thread_entries: capacity of the per-thread maps (threads of the process in a socket call).
+    ringbuf_pages: ring buffer size in pages (a power of two).
+    exact_values: latencies per direction kept in user space for exact percentiles.
+    """
+
+    map_entries: int = 4096
+    rate_limit: int = 10_000
+    stream: bool = True
+    ttl_s: float = 2.0
+    thread_entries: int = 1024
+    ringbuf_pages: int = 64
+    exact_values: int = 100_000
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings (empty when usable)."""
+        problems = []
+        if not 1 <= self.map_entries <= MAX_MAP_ENTRIES:
+            problems.append(f"map entries must be between 1 and {MAX_MAP_ENTRIES}")
+        if self.rate_limit < 0:
+            problems.append("rate limit must be 0 (none) or positive")
+        if not self.ttl_s > 0:
+            problems.append("ttl must be positive")
+        if not 1 <= self.thread_entries <= MAX_MAP_ENTRIES:
+            problems.append(f"thread entries must be between 1 and {MAX_MAP_ENTRIES}")
+        pages = self.ringbuf_pages
+        if not (1 <= pages <= MAX_RINGBUF_PAGES and pages & (pages - 1) == 0):
+            problems.append(f"ring buffer pages must be a power of two up to {MAX_RINGBUF_PAGES}")
+        if self.exact_values < 0:
+            problems.append("exact values must be 0 or positive")
+        return problems

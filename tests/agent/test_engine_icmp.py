@@ -1,0 +1,66 @@
+"""The engine measures ping's echo requests and replies, over raw and ICMP datagram sockets, v4 and v6."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from mace_agent.lab.events import info_values, shape_problems
+from mace_agent.lab.processes import AgentProcess, Child, filter_text
+from mace_agent.lab.procfs import sockets
+from mace_agent.lab.topology import Topology
+
+pytestmark = pytest.mark.ebpf
+
+COUNT = 12
+FIELDS = {"ipv4": ("icmp_seq", "icmp_type", 8, 0), "ipv6": ("icmp6_seq", "icmp6_type", 128, 129)}
+SOCKET_TABLE = {("raw", "ipv4"): "raw", ("raw", "ipv6"): "raw6",
+                ("datagram", "ipv4"): "icmp", ("datagram", "ipv6"): "icmp6"}
+
+
+def ping_argv(family: str, dest: str, count: int, interval: str = "0.05") -> list[str]:
+    return ["ping", "-4" if family == "ipv4" else "-6", "-n", "-i", interval, "-c", str(count), dest]
+
+
+def replied_seqs(ping: Child) -> list[int]:
+    """The icmp_seq values of the replies ping printed."""
+    return [int(m.group(1)) for line in ping.snapshot()
+            if isinstance(line, str) and (m := re.search(r"icmp_seq=(\d+)", line))]
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+@pytest.mark.parametrize("kind", ["raw", "datagram"])
+def test_ping_requests_and_replies_are_measured(topology: Topology, kind: str, family: str) -> None:
+    t = topology
+    if kind == "datagram":
+        t.allow_ping_sockets(t.pod.ns)
+    seq_field, type_field, request_type, reply_type = FIELDS[family]
+    dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
+    ping = Child(t, t.pod.ns, ping_argv(family, dest, COUNT), gated=True)
+    text = filter_text(t.uplink_ifindex, ping.pid, [seq_field], [seq_field, type_field])
+    agent = AgentProcess(t, t.node, text)
+    agent.wait_attached()
+    ping.release()
+
+    ping.wait_until(lambda: bool(ping.lines), 10, "ping's first line")  # printed once its socket is open
+    assert {table for table, _ in sockets(ping.pid)} == {SOCKET_TABLE[kind, family]}
+    assert ping.wait_exit(30) == 0, ping.stderr()
+    replies = replied_seqs(ping)
+    assert sorted(replies) == list(range(1, COUNT + 1))
+
+    agent.wait_events(lambda e: e["direction"] == "in", COUNT)
+    summary = agent.stop()
+
+    out, inbound = agent.events_of("out"), agent.events_of("in")
+    assert [p for e in out + inbound for p in shape_problems(e)] == []
+    assert sorted(info_values(out, seq_field)) == list(range(1, COUNT + 1))
+    assert sorted(info_values(inbound, seq_field)) == sorted(replies)
+    assert set(info_values(out, type_field)) == {request_type}
+    assert set(info_values(inbound, type_field)) == {reply_type}
+    assert {e["proc_id"] for e in out + inbound} == {ping.pid}
+    assert all(0 < e["latency_ns"] < 1_000_000_000 for e in out + inbound)
+    assert summary["out"]["count"] == COUNT
+    assert summary["in"]["count"] == COUNT
+    for direction in ("out", "in"):
+        stats = summary[direction]
+        assert 0 < stats["p50_ns"] <= stats["p90_ns"] <= stats["p99_ns"] <= stats["max_ns"] * 1.1

@@ -1,0 +1,50 @@
+"""The engine measures a UDP request/response client (sendto/recvmsg), v4 and v6."""
+
+from __future__ import annotations
+
+import pytest
+from mace_agent.lab.events import info_int, info_values, shape_problems
+from mace_agent.lab.processes import AgentProcess, TrafficProcess, filter_text
+from mace_agent.lab.topology import Topology
+
+pytestmark = pytest.mark.ebpf
+
+PORT = 7001
+COUNT = 20
+SEQ_BASE = 0x4D41_4345_0000_0001
+"""Sequence numbers the client puts in its payloads ("MACE" then a counter)."""
+ADDRESS_FIELDS = {"ipv4": ("ip_src_addr", "ip_dst_addr"), "ipv6": ("ip6_src_addr", "ip6_dst_addr")}
+
+
+@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
+def test_udp_requests_and_replies_are_measured(topology: Topology, family: str) -> None:
+    t = topology
+    dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
+    src_field, dst_field = ADDRESS_FIELDS[family]
+    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
+    client = TrafficProcess(t, t.pod.ns, "udp-client", "--dest", dest, "--port", str(PORT),
+                            "--count", str(COUNT), "--rate", "50", "--seq-base", str(SEQ_BASE), gated=True)
+    text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"],
+                       ["udp_payload", "udp_dst_port", dst_field],
+                       in_info=["udp_payload", "udp_src_port", src_field])
+    agent = AgentProcess(t, t.node, text)
+    agent.wait_attached()
+    client.release()
+    requests, done = client.wait_done()
+    assert done == {"sent": COUNT, "received": COUNT}
+
+    agent.wait_events(lambda e: e["direction"] == "in", COUNT)
+    summary = agent.stop()
+
+    sent = [r["seq"] for r in requests]
+    out, inbound = agent.events_of("out"), agent.events_of("in")
+    assert [p for e in out + inbound for p in shape_problems(e)] == []
+    assert sorted(info_values(out, "udp_payload")) == sent
+    assert sorted(info_values(inbound, "udp_payload")) == sent
+    assert {info_int(e, "udp_dst_port") for e in out} == {PORT}
+    assert {info_int(e, "udp_src_port") for e in inbound} == {PORT}
+    assert {e["info"][dst_field] for e in out} == {dest}
+    assert {e["info"][src_field] for e in inbound} == {dest}
+    assert {e["proc_id"] for e in out + inbound} == {client.pid}
+    assert summary["out"]["count"] == COUNT
+    assert summary["in"]["count"] == COUNT
