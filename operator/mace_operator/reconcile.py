@@ -1,0 +1,201 @@
+"""The reconciler: brings one probe's operator-owned status in line with its pod and node.
+
+Every trigger (the probe changed, its pod changed, an agent appeared, the agent reported an
+error, a retry or the probe's duration ran out) asks for the same idempotent pass, run in the
+background with at most one pass running and one waiting per probe. A pass writes only when
+the status would change, so the operator's restart (which re-runs every probe) writes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from mace.probe import Phase, Reason
+from mace_operator.agents import AgentClient, AgentEndpoint, ResolveError
+from mace_operator.decide import (
+    Outcome,
+    completion_time,
+    differs,
+    may_release,
+    needs_resolve,
+    resolved_filter,
+    spec_problems,
+    status_patch,
+)
+from mace_operator.pods import PodProblem, target
+
+log = logging.getLogger(__name__)
+
+Key = tuple[str, str]
+"""(namespace, name) of a probe."""
+
+RETRY_MIN_SECONDS = 1.0
+RETRY_MAX_SECONDS = 60.0
+STOP_POLL_SECONDS = 0.2
+"""How often a deleted probe's status is read while waiting for the agent to stop its run."""
+
+
+class Api(Protocol):
+    """The API calls a pass makes (see :class:`mace_operator.kube.Kube`)."""
+
+    async def get_probe(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def patch_probe_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+
+def utcnow() -> datetime:
+    """The current time, in UTC."""
+    return datetime.now(UTC)
+
+
+class Reconciler:
+    """Runs reconciliation passes; ``find_agent(node)`` names the ready agent of a node."""
+
+    def __init__(self, api: Api, agents: AgentClient,
+                 find_agent: Callable[[str], AgentEndpoint | None] = lambda _: None,
+                 clock: Callable[[], datetime] = utcnow) -> None:
+        self.api = api
+        self.agents = agents
+        self.find_agent = find_agent
+        self.clock = clock
+        self._locks: dict[Key, asyncio.Lock] = {}
+        self._waiting: set[Key] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._failures: dict[Key, int] = {}
+
+    def request(self, namespace: str, name: str) -> None:
+        """Ask for a pass over the probe soon (a no-op if one is already waiting to start)."""
+        key = (namespace, name)
+        if key in self._waiting:
+            return
+        self._waiting.add(key)
+        task = asyncio.get_running_loop().create_task(self._run(key), name=f"reconcile {namespace}/{name}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop timers and retry state of a deleted probe."""
+        key = (namespace, name)
+        self._cancel_timer(key)
+        self._failures.pop(key, None)
+
+    async def drain(self) -> None:
+        """Wait for the passes in flight (used at shutdown)."""
+        for handle in self._timers.values():
+            handle.cancel()
+        self._timers.clear()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _run(self, key: Key) -> None:
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        try:
+            async with lock:
+                self._waiting.discard(key)
+                await self.reconcile(*key)
+        except Exception:
+            log.exception("reconciling %s/%s failed; retrying", *key)
+            self._retry_later(key)
+        finally:
+            if not lock.locked() and key not in self._waiting:
+                self._locks.pop(key, None)
+
+    def _cancel_timer(self, key: Key) -> None:
+        handle = self._timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+
+    def _at(self, key: Key, delay: float) -> None:
+        self._cancel_timer(key)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._timers.pop(key, None)
+            self.request(*key)
+
+        self._timers[key] = loop.call_later(max(0.0, delay), fire)
+
+    def _retry_later(self, key: Key) -> None:
+        failures = self._failures.get(key, 0) + 1
+        self._failures[key] = failures
+        self._at(key, min(RETRY_MAX_SECONDS, RETRY_MIN_SECONDS * 2 ** (failures - 1)))
+
+    async def wait_until_stopped(self, namespace: str, name: str, status: dict[str, Any], deadline: datetime,
+                                 agent_on: Callable[[str], bool]) -> None:
+        """Return once a deleted probe's run has stopped, no agent runs it, or ``deadline`` passed."""
+        self.forget(namespace, name)
+        while True:
+            node = status.get("node")
+            if may_release(status, agent_on(str(node)) if node else False, self.clock(), deadline):
+                return
+            await asyncio.sleep(STOP_POLL_SECONDS)
+            probe = await self.api.get_probe(namespace, name)
+            if probe is None:
+                return
+            status = probe.get("status") or {}
+
+    async def reconcile(self, namespace: str, name: str) -> None:
+        """One pass: read the probe and its pod, resolve if needed, write the status if it changed."""
+        key = (namespace, name)
+        probe = await self.api.get_probe(namespace, name)
+        if probe is None or (probe.get("metadata") or {}).get("deletionTimestamp"):
+            self.forget(namespace, name)
+            return
+        status: dict[str, Any] = probe.get("status") or {}
+        generation = (probe.get("metadata") or {}).get("generation")
+        outcome = await self._decide(namespace, probe, status, generation)
+        if outcome is not None:
+            patch = status_patch(outcome, status, generation, self.clock())
+            if differs(patch, status):
+                await self.api.patch_probe_status(namespace, name, patch)
+                log.info("probe %s/%s: %s (%s) %s", namespace, name, outcome.phase.value,
+                         outcome.reason.value, outcome.message)
+            status = {**status, **patch}
+        self._schedule(key, probe, status, outcome)
+
+    def _schedule(self, key: Key, probe: dict[str, Any], status: dict[str, Any],
+                  outcome: Outcome | None) -> None:
+        if outcome is not None and outcome.reason in (Reason.AgentError, Reason.ResolveFailed):
+            self._retry_later(key)
+            return
+        self._failures.pop(key, None)
+        self._cancel_timer(key)
+        spec, _ = spec_problems(probe.get("spec") or {})
+        ends = completion_time(spec, status) if spec is not None else None
+        if ends is not None and status.get("phase") == Phase.Measuring.value:
+            self._at(key, (ends - self.clock()).total_seconds())
+
+    async def _decide(self, namespace: str, probe: dict[str, Any], status: dict[str, Any],
+                      generation: int | None) -> Outcome | None:
+        """The outcome to write, or None to leave the status as it is."""
+        spec, problems = spec_problems(probe.get("spec") or {})
+        if spec is None:
+            return Outcome(Phase.Failed, Reason.InvalidFilter, problems)
+        ends = completion_time(spec, status)
+        if ends is not None and self.clock() >= ends:
+            return Outcome(Phase.Completed, Reason.Completed,
+                           f"measured for durationSeconds ({spec.duration_seconds} s)")
+        pod = await self.api.get_pod(namespace, spec.pod)
+        found = target(pod, spec.pod, namespace, spec.container)
+        if isinstance(found, PodProblem):
+            return Outcome(Phase.Failed if found.final else Phase.Pending, found.reason, found.message,
+                           node=found.node)
+        if not needs_resolve(status, found, generation):
+            return None
+        agent = self.find_agent(found.node)
+        if agent is None:
+            return Outcome(Phase.Pending, Reason.NoAgentOnNode,
+                           f"no ready Mace agent on node {found.node}", node=found.node)
+        try:
+            resolution = await self.agents.resolve(agent, found.container_ids, found.pod_ip,
+                                                   spec.outer_device)
+        except ResolveError as error:
+            return Outcome(Phase.Pending, error.reason, error.message, node=found.node)
+        text = resolved_filter(spec, resolution)
+        return Outcome(Phase.Measuring, Reason.Measuring, f"filter {text}", node=found.node, target=found,
+                       resolution=resolution, filter=text)

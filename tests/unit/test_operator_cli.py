@@ -1,0 +1,52 @@
+"""``mace-operator``: bad input ends with a message and exit code 2, never a traceback."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import kopf
+from mace_operator.handlers import FINALIZER, register, settings
+from mace_operator.reconcile import Reconciler
+
+
+def run(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mace_operator.cli", *args], capture_output=True, text=True,
+                          timeout=60, check=False, env={"PATH": "/usr/bin:/bin", "HOME": "/nonexistent"})
+
+
+def test_missing_kubeconfig(tmp_path: Path) -> None:
+    done = run("--kubeconfig", str(tmp_path / "nope"))
+    assert done.returncode == 2
+    assert done.stderr.startswith("mace-operator: cannot load a cluster configuration")
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_token_file(tmp_path: Path) -> None:
+    done = run("--agent-token-file", str(tmp_path / "token"))
+    assert done.returncode == 2
+    assert "--agent-token-file" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_garbage_kubeconfig(tmp_path: Path) -> None:
+    bad = tmp_path / "kubeconfig"
+    bad.write_text("{not: [yaml")
+    done = run("--kubeconfig", str(bad))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert str(bad) in done.stderr
+
+
+def test_scope_flags_exclude_each_other() -> None:
+    done = run("-n", "a", "--all-namespaces")
+    assert done.returncode == 2 and "not allowed with argument" in done.stderr
+
+
+def test_state_lives_in_annotations_and_handlers_have_ids() -> None:
+    configured = settings(kopf.OperatorSettings())
+    assert configured.persistence.finalizer == FINALIZER == "mace.dev/stop-measurement"
+    assert isinstance(configured.persistence.progress_storage, kopf.AnnotationsProgressStorage)
+    registry = kopf.OperatorRegistry()
+    register(registry, Reconciler(api=None, agents=None))  # type: ignore[arg-type]
+    ids = {h.id for h in registry._changing.get_all_handlers()}
+    assert {"probe-create", "probe-update/spec", "probe-resume", "stop-measurement"} <= ids
