@@ -38,12 +38,14 @@ class KernelFeatureError(Exception):
     """The kernel (or the node) lacks something the engine needs."""
 
 
-def _mounted(path: Path) -> bool:
+def _mounted(fstype: str, path: Path) -> bool:
+    """Whether the topmost mount at ``path`` is a ``fstype`` (a bind-mounted empty directory is not)."""
     try:
         with open("/proc/self/mounts") as mounts:
-            return any(line.split()[1] == str(path) for line in mounts)
+            types = [line.split()[2] for line in mounts if line.split()[1] == str(path)]
     except OSError:
         return False
+    return bool(types) and types[-1] == fstype
 
 
 def _mount(fstype: str, target: Path) -> None:
@@ -60,7 +62,7 @@ def ensure_tracing_mounts() -> None:
     """
     with _MOUNT_LOCK:  # engines may start on several threads
         for fstype, target in _MOUNTS:
-            if not _mounted(target):
+            if not _mounted(fstype, target):
                 _mount(fstype, target)
 
 

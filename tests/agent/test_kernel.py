@@ -162,3 +162,22 @@ def test_cli_without_privileges_exits_3() -> None:
     assert done.returncode == 3
     assert done.stderr.startswith("mace-agent: insufficient privileges")
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.ebpf
+def test_tracefs_is_mounted_over_a_bind_mounted_empty_directory(tmp_path: Path) -> None:
+    """A node without tracefs gives the agent's host mount an empty directory: mount tracefs there."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    script = textwrap.dedent(f"""
+        set -e
+        mount --bind {empty} /sys/kernel/tracing
+        {sys.executable} -c 'from mace_agent import kernel; kernel.ensure_tracing_mounts()'
+        awk '$2 == "/sys/kernel/tracing" {{ print $3 }}' /proc/self/mounts | tail -n 1
+        test -e /sys/kernel/tracing/events/net/net_dev_xmit
+    """)
+    # a private mount namespace: nothing outside this test sees the mounts
+    done = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["tracefs"]
