@@ -1,4 +1,5 @@
-"""``mace-agent``: run the engine for one filter on this node and print what it measures.
+"""``mace-agent``: ``run`` the engine for one filter on this node and print what it measures;
+``serve`` the node agent that measures every LatencyProbe resolved for this node.
 
 Exit codes: 0 measured until the duration, a signal, or the target vanished (the summary's
 ``stop_reason`` says which); 2 bad input (filter, options, no such process or device);
@@ -23,6 +24,7 @@ from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
 from mace_agent.events import Event
 from mace_agent.kernel import KernelFeatureError
+from mace_agent.node.cli import register, serve
 from mace_agent.summary import DirectionSummary, Snapshot
 from mace_agent.target import TargetError
 
@@ -33,7 +35,9 @@ ATTACHED = "mace-agent: attached"
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mace-agent", description=__doc__.split("\n")[0] if __doc__ else "")
+    parser = argparse.ArgumentParser(
+        prog="mace-agent", description="The Mace node agent: measure one Protocol Filter (run), or "
+        "measure every LatencyProbe resolved for this node (serve).")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="measure one Protocol Filter's packets on this node")
     run.add_argument("--filter", required=True, help="the Protocol Filter text")
@@ -48,6 +52,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="capacity of each pending-packet map")
     run.add_argument("--ttl", type=float, default=defaults.ttl_s,
                      help="seconds after which an unmatched packet is expired")
+    register(commands)
     return parser
 
 
@@ -179,9 +184,9 @@ def _run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``mace-agent`` console script."""
     args = _parser().parse_args(argv)
-    if args.command == "run":
-        return _run(args)
-    return EXIT_BAD_INPUT
+    if args.command == "serve":
+        return serve(args)
+    return _run(args)
 
 
 if __name__ == "__main__":

@@ -43,8 +43,9 @@ class Target:
     def _process_gone(self) -> bool:
         if self._pidfd is None:
             return not Path(f"/proc/{self.proc_id}").exists()
-        readable, _, _ = select.select([self._pidfd], [], [], 0)
-        return bool(readable)
+        poller = select.poll()  # not select(): an agent with many runs holds fds above 1023
+        poller.register(self._pidfd, select.POLLIN)
+        return bool(poller.poll(0))
 
     def _device_gone(self) -> bool:
         try:
