@@ -56,7 +56,8 @@ struct event {
 };
 struct rate_window { u64 second; u64 count; };
 
-BPF_TABLE("lru_hash", u32, u64, tx_start, THREAD_ENTRIES);
+/* Per-call state lives in preallocated hashes (cheaper than LRU); syscall exit deletes it. */
+BPF_TABLE("hash", u32, u64, tx_start, THREAD_ENTRIES);
 BPF_TABLE("lru_hash", struct corr_key, struct tx_val, tx_pending, MAP_ENTRIES);
 BPF_TABLE("lru_hash", struct corr_key, struct rx_val, rx_pending, MAP_ENTRIES);
 BPF_TABLE("lru_hash", u32, struct rx_batch, rx_batch, THREAD_ENTRIES);
@@ -67,6 +68,7 @@ BPF_PERCPU_ARRAY(hist, u64, 2 * HIST_BUCKETS);
 BPF_ARRAY(control, u64, 2);            /* [CONTROL_STREAM] 0/1, [CONTROL_RATE] events/s, 0: no limit */
 BPF_ARRAY(rate, struct rate_window, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
+BPF_PERCPU_ARRAY(wake, u64, 1);         /* events submitted on this CPU since the last wake-up */
 
 static __always_inline void count(u32 index, u64 n)
 {
@@ -153,7 +155,16 @@ static __always_inline void record(u32 dir, u64 ts, u64 now, u32 tid, const u8 *
     e->tid = tid;
     e->direction = dir;
     __builtin_memcpy(e->info, info, INFO_BYTES);
-    events.ringbuf_submit(e, 0);
+    /* Waking the reader costs microseconds per event: user space drains the ring on a timer
+     * and is woken only once per WAKE_EVERY events of a CPU, long before the ring can fill. */
+    u32 zero = 0;
+    u64 *unsignalled = wake.lookup(&zero);
+    u64 flags = BPF_RB_NO_WAKEUP;
+    if (unsignalled && ++*unsignalled >= WAKE_EVERY) {
+        *unsignalled = 0;
+        flags = BPF_RB_FORCE_WAKEUP;
+    }
+    events.ringbuf_submit(e, flags);
 }
 
 /* Inode number of a device's network namespace (0 if unreadable). */
@@ -507,7 +518,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
  * when the call starts, else the first datagram queued while the thread waits
  * (sk_data_ready); sock_recv_length confirms the call returned from that socket. */
 
-BPF_TABLE("lru_hash", u64, u32, udp_waiters, THREAD_ENTRIES);
+BPF_TABLE("hash", u64, u32, udp_waiters, THREAD_ENTRIES);
 
 static __always_inline u64 read_ptr(u64 addr)
 {

@@ -8,8 +8,10 @@ here are also what user space uses to decode the info bytes of an event.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from importlib import resources
+from struct import Struct
 
 from mace.fields import CATALOGUE, FAMILY, TRANSPORT, Field, Header
 from mace.models import FlowSpec, ProtocolFilter
@@ -19,6 +21,8 @@ from mace_agent.btf import BTF, BTFError
 from mace_agent.config import EngineConfig
 
 CORR_BYTES = MAX_CORR_BYTES
+EVENT_HEADER = Struct("<QQIIB7x")
+"""The fixed part of mace.c's ``struct event`` (ts_end, latency, pid, tid, direction); info follows."""
 RX_SLOTS = 16
 """Packets one receive call can report (more are counted as ``in_batch_overflow``)."""
 TCP_CHAIN = 64
@@ -208,6 +212,14 @@ class Namespaces:
     process: int
 
 
+def wake_every(flt: ProtocolFilter, config: EngineConfig) -> int:
+    """Events a CPU submits before it wakes the reader: together the CPUs fill at most a quarter
+    of the ring buffer between wake-ups (a record is the event plus an 8-byte header)."""
+    record = EVENT_HEADER.size + 8 + info_bytes(flt)
+    cpus = os.cpu_count() or 1
+    return max(1, config.ringbuf_pages * os.sysconf("SC_PAGE_SIZE") // (4 * record * cpus))
+
+
 def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, config: EngineConfig) -> str:
     """The generated C definitions that specialise mace.c to ``flt``."""
     out, inbound = layout(flt.outbound), layout(flt.inbound)
@@ -225,6 +237,7 @@ def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, conf
         "OUT_FAMILY": out.family, "OUT_L4PROTO": out.transport,
         "IN_FAMILY": inbound.family, "IN_L4PROTO": inbound.transport,
         "INFO_BYTES": info_bytes(flt),
+        "WAKE_EVERY": wake_every(flt, config),
     }
     defines |= offsets.defines()
     defines["UDP_CLAIM"] = int(udp_claim(flt))

@@ -134,6 +134,7 @@ class Engine:
         """Events that arrived within ``timeout_s`` seconds (empty when the stream is off)."""
         bpf = self._require()
         bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
+        bpf.ring_buffer_consume()  # the kernel wakes the reader only every WAKE_EVERY events
         if time.monotonic() >= self._next_sweep:
             self.sweep()
         events, self._events = self._events, []

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import struct
 from dataclasses import dataclass
 
 from mace.fields import CATALOGUE, Kind
 from mace.models import ProtocolFilter
-from mace_agent.codegen import DIRECTIONS, Slot, info_bytes, layout
+from mace_agent.codegen import DIRECTIONS, EVENT_HEADER, Slot, info_bytes, layout
 
-_HEADER = struct.Struct("<QQIIB7x")
 """struct event in mace.c, before its info bytes: ts_end, latency, pid, tid, direction."""
 
 InfoValue = int | str
@@ -52,17 +50,17 @@ class EventDecoder:
     """Turns the raw bytes of one ring-buffer record into an :class:`Event`."""
 
     def __init__(self, flt: ProtocolFilter) -> None:
-        self.size = _HEADER.size + info_bytes(flt)
+        self.size = EVENT_HEADER.size + info_bytes(flt)
         self._info: tuple[tuple[Slot, ...], ...] = (layout(flt.outbound).info, layout(flt.inbound).info)
 
     def decode(self, raw: bytes) -> Event:
         """Decode one record (raises ValueError if it is not one of this program's events)."""
         if len(raw) < self.size:
             raise ValueError(f"event of {len(raw)} bytes, expected {self.size}")
-        ts_end, latency, pid, tid, direction = _HEADER.unpack_from(raw)
+        ts_end, latency, pid, tid, direction = EVENT_HEADER.unpack_from(raw)
         if direction >= len(DIRECTIONS):
             raise ValueError(f"event with unknown direction {direction}")
-        base = _HEADER.size
+        base = EVENT_HEADER.size
         info = {slot.field.value: _value(CATALOGUE[slot.field].kind,
                                          raw[base + slot.offset: base + slot.offset + slot.width])
                 for slot in self._info[direction]}
