@@ -1,0 +1,392 @@
+"""How many packets per second a UDP flood through the veth path loses to the engine's hooks.
+
+A single-threaded flood (the lab's udp-flood: Python sendto in a loop, 64-byte payloads) runs
+throughout, in one of two directions of the lab topology:
+
+    egress   pod -> node bridge -> uplink -> remote   (received: the remote's eth0 rx counter)
+    ingress  remote -> uplink -> node bridge -> pod   (received: the pod's eth0 rx counter; a sink
+             receiver in the pod reads the datagrams, and Udp InDatagrams counts what it read)
+
+and the configurations alternate around it in rounds (random order each round), each for one
+window: none; empty programs on the engine's hooks; the engine in histogram mode with a
+non-matching filter (another process, same device); the engine in histogram mode with a filter
+that matches the flood (egress: the flood's process; ingress: the pod's receiver). Loss is the
+paired drop of the received rate against the same round's no-agent window, in %; the figure is
+the median over rounds with a 95% bootstrap interval. The same loss is also given at equal CPU:
+from the sending side's CPU time per received packet (the flood process plus ksoftirqd, from
+/proc/PID/schedstat; without IRQ time accounting the softirq work of the path is charged to them),
+which other processes taking the CPU away during a window do not disturb. A last window per program
+set, with kernel.bpf_stats_enabled=1 (restored after), gives the time spent in each program per
+received packet (on both sides of the path, and including other traffic through the same hooks).
+
+Run: sudo .venv/bin/python bench/throughput.py [--rounds N] [--seconds S] [--directions egress,ingress]
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import sys
+import time
+from pathlib import Path
+
+from benchlib import (
+    IMAGES,
+    RESULTS,
+    BpfStats,
+    Estimate,
+    HookControl,
+    PlotRow,
+    Record,
+    idle_process,
+    machine,
+    median,
+    ns_counters,
+    program_cost,
+    require_root,
+    svg_intervals,
+    tracing_programs,
+    udp_mib,
+    write_json,
+)
+from mace_agent.lab.processes import TrafficProcess, filter_text
+from mace_agent.lab.topology import Topology
+
+CONFIGS = ("none", "empty", "nonmatch", "match")
+ECHO_PORT = 7201
+SINK_PORT = 7202
+GUARD_S = 0.2
+TARGET_PCT = 3.0
+FIELDS = ["udp_payload"]
+
+
+def ksoftirqd_pids() -> list[int]:
+    """PIDs of the kernel's softirq threads (they take over packet processing under load)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if (entry / "comm").read_text().startswith("ksoftirqd/"):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def cpu_ns(pids: list[int]) -> int:
+    """CPU time used so far by ``pids`` (ns, /proc/PID/schedstat). Without IRQ time accounting, softirq
+    work done in a task's context is charged to the task: the flood's path is charged to the flood
+    process, or to ksoftirqd when the kernel defers it there."""
+    total = 0
+    for pid in pids:
+        total += int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
+    return total
+
+
+def sample(ns: str, dev: str, with_mib: bool, cpu_pids: list[int]) -> Record:
+    """Counters of the receiving device (and the namespace's Udp MIB), the CPU time of the sending
+    side, and the time they were read."""
+    before = time.monotonic_ns()
+    counters: Record = ns_counters(ns, dev)
+    if with_mib:
+        counters["in_datagrams"] = udp_mib(ns)["InDatagrams"]
+    counters["cpu_ns"] = cpu_ns(cpu_pids)
+    counters["t"] = (before + time.monotonic_ns()) // 2
+    return counters
+
+
+def cpu_per_packet(a: Record, b: Record) -> float:
+    """Sending-side CPU ns per received packet between two samples."""
+    packets: int = b["rx_packets"] - a["rx_packets"]
+    spent: int = b["cpu_ns"] - a["cpu_ns"]
+    return spent / packets if packets else float("nan")
+
+
+def rate(a: Record, b: Record, key: str) -> float:
+    """Per-second rate of counter ``key`` between samples ``a`` and ``b``."""
+    count: int = b[key] - a[key]
+    elapsed_ns: int = b["t"] - a["t"]
+    return count * 1e9 / elapsed_ns
+
+
+def run_direction(
+    t: Topology,
+    ctl: HookControl,
+    direction: str,
+    rounds: int,
+    seconds: float,
+    idle_pid: int,
+    rng: random.Random,
+) -> Record:
+    """Alternate the configurations around one flood; return per-window received rates."""
+    total = rounds * len(CONFIGS) * (seconds + 1.5) + 60
+    if direction == "egress":
+        TrafficProcess(
+            t,
+            t.remote.ns,
+            "udp-server",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            str(ECHO_PORT),
+            "--sink-port",
+            str(SINK_PORT),
+        ).wait_ready()
+        flood = TrafficProcess(
+            t,
+            t.pod.ns,
+            "udp-flood",
+            "--dest",
+            t.remote.ipv4,
+            "--port",
+            str(SINK_PORT),
+            "--duration",
+            f"{total:.0f}",
+        )
+        matched_pid, rx_ns = flood.pid, t.remote.ns
+    else:
+        receiver = TrafficProcess(
+            t,
+            t.pod.ns,
+            "udp-server",
+            "--bind",
+            "0.0.0.0",
+            "--port",
+            str(ECHO_PORT),
+            "--sink-port",
+            str(SINK_PORT),
+        )
+        receiver.wait_ready()
+        flood = TrafficProcess(
+            t,
+            t.remote.ns,
+            "udp-flood",
+            "--dest",
+            t.pod.ipv4,
+            "--port",
+            str(SINK_PORT),
+            "--duration",
+            f"{total:.0f}",
+        )
+        matched_pid, rx_ns = receiver.pid, t.pod.ns
+    with_mib = direction == "ingress"
+    cpu_pids = [flood.pid, *ksoftirqd_pids()]
+    names = {
+        "empty": f"{direction}:empty",
+        "nonmatch": f"{direction}:nonmatch",
+        "match": f"{direction}:match",
+    }
+    match = filter_text(t.uplink_ifindex, matched_pid, FIELDS, FIELDS)
+    loads = {}
+    for config, kind, text in (
+        ("empty", "empty", match),
+        ("match", "engine", match),
+        ("nonmatch", "engine", filter_text(t.uplink_ifindex, idle_pid, FIELDS, FIELDS)),
+    ):
+        loads[config] = ctl.request("load", name=names[config], kind=kind, filter=text)["seconds"]
+    windows = []
+    matched_so_far = 0
+    for round_no in range(rounds):
+        order = list(CONFIGS)
+        rng.shuffle(order)
+        for config in order:
+            name = names.get(config)
+            if name is not None:
+                ctl.attach(name, False)
+            time.sleep(GUARD_S)  # let the queues settle after attaching; not counted
+            first = sample(rx_ns, "eth0", with_mib, cpu_pids)
+            time.sleep(seconds)  # the measurement window itself
+            last = sample(rx_ns, "eth0", with_mib, cpu_pids)
+            window: Record = {
+                "config": config,
+                "round": round_no,
+                "rx_pps": rate(first, last, "rx_packets"),
+                "rx_dropped_ps": rate(first, last, "rx_dropped"),
+                "cpu_ns_per_packet": cpu_per_packet(first, last),
+            }
+            if with_mib:
+                window["read_pps"] = rate(first, last, "in_datagrams")
+            if name is not None:
+                reply = ctl.request("detach", name=name)
+                if config == "match":
+                    counted = reply["counters"]["out_count"] + reply["counters"]["in_count"]
+                    window["engine_measured"] = counted - matched_so_far
+                    matched_so_far = counted
+            windows.append(window)
+    costs = profile(ctl, names, rx_ns, seconds)
+    for name in names.values():
+        ctl.request("unload", name=name)
+    flood.kill()
+    return {"windows": windows, "load_seconds": loads, "profile": costs}
+
+
+def profile(ctl: HookControl, names: dict[str, str], rx_ns: str, seconds: float) -> Record:
+    """Per program set: time spent in its programs per received packet (kernel.bpf_stats_enabled on).
+
+    Less noisy than the paired rates: the programs run in the flood's path, so this time per packet,
+    times the packet rate, is the share of a CPU they take from the path.
+    """
+    found: Record = {}
+    with BpfStats():
+        for config, name in names.items():
+            before = ctl.request("stats", name=name)
+            ctl.attach(name, False)
+            first = sample(rx_ns, "eth0", False, [])
+            time.sleep(seconds)  # the profiled window
+            last = sample(rx_ns, "eth0", False, [])
+            ctl.request("detach", name=name)
+            cost = program_cost(before, ctl.request("stats", name=name))
+            packets = last["rx_packets"] - first["rx_packets"]
+            total_ns = sum(c["ns"] for c in cost.values())
+            found[config] = {
+                "packets": packets,
+                "rx_pps": round(rate(first, last, "rx_packets")),
+                "ns_per_packet": round(total_ns / packets, 1) if packets else None,
+                "programs": cost,
+            }
+    return found
+
+
+def analyse(raw: Record, rng: random.Random) -> Record:
+    """Per configuration: median received rate, and the paired loss against no agent in %."""
+    by: dict[tuple[str, int], Record] = {(w["config"], w["round"]): w for w in raw["windows"]}
+    rounds = sorted({w["round"] for w in raw["windows"]})
+    result: Record = {
+        "load_seconds": raw["load_seconds"],
+        "configs": {},
+        "profile": raw["profile"],
+        "windows": raw["windows"],
+    }
+    for config in CONFIGS:
+        windows = [by[config, r] for r in rounds]
+        entry: Record = {
+            "rx_pps_median": round(median([w["rx_pps"] for w in windows])),
+            "cpu_ns_per_packet_median": round(median([w["cpu_ns_per_packet"] for w in windows])),
+        }
+        if "read_pps" in windows[0]:
+            entry["read_pps_median"] = round(median([w["read_pps"] for w in windows]))
+        if config == "match":
+            entry["engine_measured_per_window"] = [w.get("engine_measured") for w in windows]
+        if config != "none":
+            for key in ("rx_pps", "read_pps"):
+                if key not in windows[0]:
+                    continue
+                loss = [
+                    100 * (1 - by[config, r][key] / by["none", r][key]) for r in rounds if by["none", r][key]
+                ]
+                entry[f"{key.removesuffix('_pps')}_loss_pct"] = Estimate.of(loss, rng).to_dict()
+            # The same loss at equal CPU: how many fewer packets each CPU-second of the sending side
+            # carries (robust to other processes taking the CPU away during a window).
+            cpu_loss = [
+                100 * (1 - by["none", r]["cpu_ns_per_packet"] / by[config, r]["cpu_ns_per_packet"])
+                for r in rounds
+            ]
+            entry["cpu_loss_pct"] = Estimate.of(cpu_loss, rng).to_dict()
+        cost = raw["profile"].get(config)
+        if cost and cost["ns_per_packet"] is not None:
+            entry["program_ns_per_packet"] = cost["ns_per_packet"]
+        result["configs"][config] = entry
+    return result
+
+
+def _interval(e: Record | None) -> str:
+    return f"{e['median']:+.1f} [{e['ci95'][0]:+.1f}, {e['ci95'][1]:+.1f}]" if e else ""
+
+
+def report(results: dict[str, Record]) -> list[str]:
+    lines = [
+        f"{'direction':<9} {'config':<9} {'rx pps':>7} {'rx loss % [95% CI]':<22} {'CPU ns/pkt':>10} "
+        f"{'loss % at equal CPU':<22} {'prog ns/pkt':>11}  target (< {TARGET_PCT:g}%)"
+    ]
+    for direction, res in results.items():
+        for config, entry in res["configs"].items():
+            cpu_loss = entry.get("cpu_loss_pct")
+            verdict = ""
+            if cpu_loss and config in ("nonmatch", "match"):
+                rx_ok = entry["rx_loss_pct"]["median"] < TARGET_PCT
+                cpu_ok = cpu_loss["median"] < TARGET_PCT
+                verdict = f"rx {'met' if rx_ok else 'MISSED'}, at equal CPU {'met' if cpu_ok else 'MISSED'}"
+            rx_loss = _interval(entry.get("rx_loss_pct"))
+            programs = f"{entry.get('program_ns_per_packet', ''):>11}"
+            lines.append(
+                f"{direction:<9} {config:<9} {entry['rx_pps_median']:>7} {rx_loss:<22} "
+                f"{entry['cpu_ns_per_packet_median']:>10} {_interval(cpu_loss):<22} {programs}  {verdict}"
+            )
+            if "read_pps_median" in entry:
+                lines.append(
+                    f"{'':<9} {'':<9} pod receiver read {entry['read_pps_median']} datagrams/s, "
+                    f"loss {_interval(entry.get('read_loss_pct')) or '-'} %"
+                )
+    return lines
+
+
+def plot(results: dict[str, Record], path: Path) -> None:
+    rows = []
+    for group, (direction, res) in enumerate(results.items()):
+        for config, entry in res["configs"].items():
+            for key, what in (("rx_loss_pct", "received/s"), ("cpu_loss_pct", "at equal CPU")):
+                loss = entry.get(key)
+                if loss:
+                    label = f"{direction} {config}, {what}"
+                    rows.append(PlotRow(label, loss["median"], loss["ci95"][0], loss["ci95"][1], group))
+    svg_intervals(
+        path,
+        "UDP flood: received packets/s lost with the hooks attached (paired rounds, 95% CI)",
+        "% of the no-agent rate",
+        rows,
+        marks=[(TARGET_PCT, "3 %")],
+    )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=14)
+    parser.add_argument("--seconds", type=float, default=0.6, help="window length")
+    parser.add_argument("--directions", default="egress,ingress", help="comma-separated: egress, ingress")
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
+    parser.add_argument("--plot", type=Path, default=IMAGES / "throughput.svg")
+    args = parser.parse_args()
+    directions = [d for d in args.directions.split(",") if d]
+    if not directions or not set(directions) <= {"egress", "ingress"}:
+        parser.error("--directions takes egress and/or ingress")
+    if args.rounds < 2 or args.seconds <= 0:
+        parser.error("--rounds must be at least 2 and --seconds positive")
+    require_root()
+    rng = random.Random(args.seed)
+    began = time.monotonic()
+    info = machine() | {"tracing_programs_before": tracing_programs()}
+    results: dict[str, Record] = {}
+    for direction in directions:
+        print(
+            f"{direction}: {args.rounds} rounds x {len(CONFIGS)} windows of {args.seconds:g} s",
+            file=sys.stderr,
+            flush=True,
+        )
+        with Topology(prefix=f"mace-tb{random.randrange(1 << 16):04x}") as t:
+            idle = idle_process(t, t.pod.ns)
+            ctl = HookControl(t, t.node)
+            try:
+                raw = run_direction(t, ctl, direction, args.rounds, args.seconds, idle.pid, rng)
+            finally:
+                ctl.close()
+        results[direction] = analyse(raw, rng) | {"attach_refused": ctl.refused}
+    info["tracing_programs_after"] = tracing_programs()
+    print("\n".join(report(results)))
+    write_json(
+        args.out,
+        {
+            "bench": "throughput",
+            "command": " ".join(sys.argv),
+            "machine": info,
+            "duration_s": round(time.monotonic() - began, 1),
+            "results": results,
+        },
+    )
+    plot(results, args.plot)
+    print(f"wrote {args.out} and {args.plot} in {time.monotonic() - began:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
