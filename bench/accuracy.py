@@ -45,7 +45,7 @@ from benchlib import (
     require_root,
     svg_intervals,
     tracing_programs,
-    write_json,
+    write_results,
 )
 from mace_agent.lab.events import info_int
 from mace_agent.lab.processes import AgentProcess, Child, TrafficProcess, filter_text
@@ -470,16 +470,7 @@ def main() -> int:
         )
     info["tracing_programs_after"] = tracing_programs()
     print("\n".join(report(results)))
-    write_json(
-        args.out,
-        {
-            "bench": "accuracy",
-            "command": " ".join(sys.argv),
-            "machine": info,
-            "duration_s": round(time.monotonic() - began, 1),
-            "results": results,
-        },
-    )
+    write_results("accuracy", args.out, info, began, results)
     plot(results, args.plot)
     print(f"wrote {args.out} and {args.plot} in {time.monotonic() - began:.0f} s")
     return 0

@@ -143,8 +143,11 @@ class Estimate:
 # -- output ---------------------------------------------------------------------------------------
 
 
-def write_json(path: Path, data: Record) -> None:
-    """Write ``data`` as indented JSON, creating the directory."""
+def write_results(bench: str, path: Path, machine: Record, began: float, results: Record) -> None:
+    """Write one run's results as indented JSON (creating the directory), with the command that
+    made them, the machine and the run's duration since the monotonic time ``began``."""
+    data = {"bench": bench, "command": " ".join(sys.argv), "machine": machine,
+            "duration_s": round(time.monotonic() - began, 1), "results": results}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
 

@@ -52,7 +52,7 @@ from benchlib import (
     require_root,
     svg_intervals,
     tracing_programs,
-    write_json,
+    write_results,
 )
 from mace_agent.lab.processes import TrafficProcess, filter_text, traffic_argv
 from mace_agent.lab.topology import Topology
@@ -376,16 +376,7 @@ def main() -> int:
     info["tracing_programs_after"] = tracing_programs()
     lines = report(results)
     print("\n".join(lines))
-    write_json(
-        args.out,
-        {
-            "bench": "rtt_overhead",
-            "command": " ".join(sys.argv),
-            "machine": info,
-            "duration_s": round(time.monotonic() - began, 1),
-            "results": results,
-        },
-    )
+    write_results("rtt_overhead", args.out, info, began, results)
     plot(results, args.plot)
     print(f"wrote {args.out} and {args.plot} in {time.monotonic() - began:.0f} s")
     return 0

@@ -47,7 +47,7 @@ from benchlib import (
     svg_intervals,
     tracing_programs,
     udp_mib,
-    write_json,
+    write_results,
 )
 from mace_agent.lab.processes import TrafficProcess, filter_text
 from mace_agent.lab.topology import Topology
@@ -373,16 +373,7 @@ def main() -> int:
         results[direction] = analyse(raw, rng) | {"attach_refused": ctl.refused}
     info["tracing_programs_after"] = tracing_programs()
     print("\n".join(report(results)))
-    write_json(
-        args.out,
-        {
-            "bench": "throughput",
-            "command": " ".join(sys.argv),
-            "machine": info,
-            "duration_s": round(time.monotonic() - began, 1),
-            "results": results,
-        },
-    )
+    write_results("throughput", args.out, info, began, results)
     plot(results, args.plot)
     print(f"wrote {args.out} and {args.plot} in {time.monotonic() - began:.0f} s")
     return 0
