@@ -128,8 +128,19 @@ class Containerd:
                 self.proc.kill()
                 self.proc.wait(STOP_TIMEOUT_S)
         self.proc = None
+        _remove_namespace_cgroups()
         if not _has_mounts_under(self.root):
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _remove_namespace_cgroups() -> None:
+    """runc leaves the (empty) cgroup directory named after the containerd namespace in each
+    hierarchy; remove those, deepest first (rmdir only ever removes an empty cgroup)."""
+    tops = [*Path("/sys/fs/cgroup").glob(NAMESPACE), *Path("/sys/fs/cgroup").glob(f"*/{NAMESPACE}")]
+    for top in tops:
+        for directory in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)):
+            directory.rmdir()
+        top.rmdir()
 
 
 def _has_mounts_under(path: Path) -> bool:
