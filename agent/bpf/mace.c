@@ -278,6 +278,19 @@ static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, i
 
 /* ---- generated field copies ---- */
 
+/* Parse an skb and pack the flow spec's corr fields into key (zeroed first): 0 on success. */
+static __always_inline int out_key(const u8 *skb, struct pkt *p, struct corr_key *key)
+{
+    __builtin_memset(key, 0, sizeof(*key));
+    return parse_skb(skb, p, OUT_FAMILY, OUT_L4PROTO, 0) || out_corr(p, key->b);
+}
+
+static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key *key, int at_rx_device)
+{
+    __builtin_memset(key, 0, sizeof(*key));
+    return parse_skb(skb, p, IN_FAMILY, IN_L4PROTO, at_rx_device) || in_corr(p, key->b);
+}
+
 /* ---- egress ---- */
 
 static __always_inline int tx_begin(void)
@@ -327,10 +340,8 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
         || dev_netns((const u8 *)dev) != PROC_NETNS_INUM)
         return 0;
     struct pkt p = {};
-    if (parse_skb(skb, &p, OUT_FAMILY, OUT_L4PROTO, 0))
-        return 0;
-    struct corr_key key = {};
-    if (out_corr(&p, key.b))
+    struct corr_key key;
+    if (out_key(skb, &p, &key))
         return 0;
     struct tx_val value = {.ts = *start, .tid = tid};
     /* BPF_NOEXIST: the packet is queued again on later devices in the same context. */
@@ -351,10 +362,7 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
         return 0;
     stash->skb = 0;
     struct pkt p = {};
-    if (parse_skb(skb, &p, OUT_FAMILY, OUT_L4PROTO, 0))
-        return 0;
-    __builtin_memset(&stash->key, 0, sizeof(stash->key));
-    if (out_corr(&p, stash->key.b))
+    if (out_key(skb, &p, &stash->key))
         return 0;
     struct tx_val *pending = tx_pending.lookup(&stash->key);
     if (!pending)
@@ -395,10 +403,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
     if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || !is_target_dev((const u8 *)dev))
         return 0;
     struct pkt p = {};
-    if (parse_skb(skb, &p, IN_FAMILY, IN_L4PROTO, 1))
-        return 0;
-    struct corr_key key = {};
-    if (in_corr(&p, key.b))
+    struct corr_key key;
+    if (in_key(skb, &p, &key, 1))
         return 0;
     struct rx_val value = {};
     value.ts = bpf_ktime_get_ns();
@@ -502,11 +508,9 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
     if (!batch || !batch->active)
         return 0;
     struct pkt p = {};
+    struct corr_key key;
     const u8 *skb = (const u8 *)ctx->args[0];
-    if (parse_skb(skb, &p, IN_FAMILY, IN_L4PROTO, 0))
-        return 0;
-    struct corr_key key = {};
-    if (in_corr(&p, key.b))
+    if (in_key(skb, &p, &key, 0))
         return 0;
     TAKE_COPIED(batch, skb, &key);
     return 0;
@@ -547,10 +551,7 @@ static __always_inline u64 fd_to_sock(u64 fd)
 static __always_inline void udp_claim(struct rx_batch *batch, u64 skb)
 {
     struct pkt p = {};
-    if (!skb || parse_skb((const u8 *)skb, &p, IN_FAMILY, IN_L4PROTO, 0))
-        return;
-    __builtin_memset(&batch->claim, 0, sizeof(batch->claim));
-    if (in_corr(&p, batch->claim.b) == 0)
+    if (skb && in_key((const u8 *)skb, &p, &batch->claim, 0) == 0)
         batch->claimed = 1;
 }
 

@@ -29,28 +29,24 @@ class Kube:
             raise ValueError("the API server answered something other than an object")
         return data
 
-    async def get_probe(self, namespace: str, name: str) -> dict[str, Any] | None:
-        """The LatencyProbe, or None if it does not exist."""
+    async def _get_or_none(self, read: Any, *args: Any) -> dict[str, Any] | None:
+        """The object ``read(*args)`` returns, or None if the API server says it does not exist."""
         try:
-            response = await asyncio.to_thread(
-                self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name,
-                _preload_content=False)
+            response = await asyncio.to_thread(read, *args, _preload_content=False)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
         return self._body(response)
 
+    async def get_probe(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The LatencyProbe, or None if it does not exist."""
+        return await self._get_or_none(self.custom.get_namespaced_custom_object,
+                                       GROUP, VERSION, namespace, PLURAL, name)
+
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Pod, or None if it does not exist."""
-        try:
-            response = await asyncio.to_thread(self.core.read_namespaced_pod, name, namespace,
-                                               _preload_content=False)
-        except ApiException as error:
-            if error.status == 404:
-                return None
-            raise
-        return self._body(response)
+        return await self._get_or_none(self.core.read_namespaced_pod, name, namespace)
 
     async def patch_probe_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """JSON-merge-patch ``status`` into the probe's status (keys set to None are removed)."""
