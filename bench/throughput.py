@@ -120,55 +120,17 @@ def run_direction(
 ) -> Record:
     """Alternate the configurations around one flood; return per-window received rates."""
     total = rounds * len(CONFIGS) * (seconds + 1.5) + 60
-    if direction == "egress":
-        TrafficProcess(
-            t,
-            t.remote.ns,
-            "udp-server",
-            "--bind",
-            "0.0.0.0",
-            "--port",
-            str(ECHO_PORT),
-            "--sink-port",
-            str(SINK_PORT),
-        ).wait_ready()
-        flood = TrafficProcess(
-            t,
-            t.pod.ns,
-            "udp-flood",
-            "--dest",
-            t.remote.ipv4,
-            "--port",
-            str(SINK_PORT),
-            "--duration",
-            f"{total:.0f}",
-        )
-        matched_pid, rx_ns = flood.pid, t.remote.ns
-    else:
-        receiver = TrafficProcess(
-            t,
-            t.pod.ns,
-            "udp-server",
-            "--bind",
-            "0.0.0.0",
-            "--port",
-            str(ECHO_PORT),
-            "--sink-port",
-            str(SINK_PORT),
-        )
-        receiver.wait_ready()
-        flood = TrafficProcess(
-            t,
-            t.remote.ns,
-            "udp-flood",
-            "--dest",
-            t.pod.ipv4,
-            "--port",
-            str(SINK_PORT),
-            "--duration",
-            f"{total:.0f}",
-        )
-        matched_pid, rx_ns = receiver.pid, t.pod.ns
+    # egress: the pod floods a sink in the remote; ingress: the remote floods a sink in the pod,
+    # whose reader is the filter's process
+    sink_ns, flood_ns, sink_addr = ((t.remote.ns, t.pod.ns, t.remote.ipv4) if direction == "egress"
+                                    else (t.pod.ns, t.remote.ns, t.pod.ipv4))
+    sink = TrafficProcess(t, sink_ns, "udp-server", "--bind", "0.0.0.0", "--port", str(ECHO_PORT),
+                          "--sink-port", str(SINK_PORT))
+    sink.wait_ready()
+    flood = TrafficProcess(t, flood_ns, "udp-flood", "--dest", sink_addr, "--port", str(SINK_PORT),
+                           "--duration", f"{total:.0f}")
+    matched_pid = flood.pid if direction == "egress" else sink.pid
+    rx_ns = sink_ns
     with_mib = direction == "ingress"
     cpu_pids = [flood.pid, *ksoftirqd_pids()]
     names = {
