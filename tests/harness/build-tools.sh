@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Build (once) and cache, outside the repository, the Kubernetes binaries the
-# Mace test harness needs: kube-apiserver, kubectl, helm (from Go modules) and
-# etcd (Debian's etcd-server).  No Docker, no downloads other than the Go module
-# proxy and Debian apt.
+# Mace test harness needs: kube-apiserver, kubectl, helm and etcd, from Go
+# modules.  No Docker, no downloads other than the Go module proxy.
 #
 # Usage:   eval "$(tests/harness/build-tools.sh)"
 # Prints on stdout (one per line):  KUBE_APISERVER=... KUBECTL=... HELM=... ETCD=...
@@ -12,11 +11,13 @@
 #   MACE_TOOLS_CACHE   cache root            (default /var/cache/mace-tools)
 #   MACE_K8S_VERSION   k8s.io/kubernetes tag (default v1.34.4)
 #   MACE_HELM_VERSION  helm.sh/helm/v3 tag   (default v3.19.5)
+#   MACE_ETCD_VERSION  go.etcd.io/etcd/server/v3 tag (default v3.6.16)
 # See tests/harness/TOOLS-NOTES.md for measured build times and working flags.
 set -euo pipefail
 
 K8S_VERSION="${MACE_K8S_VERSION:-v1.34.4}"
 HELM_VERSION="${MACE_HELM_VERSION:-v3.19.5}"
+ETCD_VERSION="${MACE_ETCD_VERSION:-v3.6.16}"
 CACHE="${MACE_TOOLS_CACHE:-/var/cache/mace-tools}"
 
 K8S_DIR="$CACHE/k8s-$K8S_VERSION"
@@ -24,11 +25,13 @@ HELM_DIR="$CACHE/helm-$HELM_VERSION"
 KUBE_APISERVER="$K8S_DIR/bin/kube-apiserver"
 KUBECTL="$K8S_DIR/bin/kubectl"
 HELM="$HELM_DIR/bin/helm"
+ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
+ETCD="$ETCD_DIR/bin/etcd"
 
 log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-have_all() { [[ -x $KUBE_APISERVER && -x $KUBECTL && -x $HELM ]]; }
+have_all() { [[ -x $KUBE_APISERVER && -x $KUBECTL && -x $HELM && -x $ETCD ]]; }
 
 # ---------------------------------------------------------------- Go setup
 go_env() {
@@ -146,24 +149,33 @@ build_helm() {
 }
 
 # ---------------------------------------------------------------------- etcd
-find_etcd() {
-    local e
-    e=$(command -v etcd 2>/dev/null || true)
-    if [[ -z $e ]]; then
-        log "etcd missing: apt-get install -y etcd-server"
-        if ! DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >&2; then
-            DEBIAN_FRONTEND=noninteractive apt-get update >&2
-            DEBIAN_FRONTEND=noninteractive apt-get install -y etcd-server >&2
-        fi
-        # Debian's package enables a system etcd service on :2379; the harness
-        # runs its own etcd, so make sure the packaged one does not hold ports.
-        if command -v systemctl >/dev/null 2>&1 && [[ -d /run/systemd/system ]]; then
-            systemctl disable --now etcd >/dev/null 2>&1 || true
-        fi
-        e=$(command -v etcd 2>/dev/null || true)
-    fi
-    [[ -n $e && -x $e ]] || die "etcd not available after apt-get install etcd-server"
-    ETCD=$e
+# Debian's etcd-server (3.4.23) predates the watch-progress fixes that
+# kube-apiserver >= 1.31 relies on to keep its watch caches fresh (it needs
+# etcd >= 3.4.31 or >= 3.5.13); with it, a watch sometimes failed with
+# "Too large resource version".  So etcd is built like the other tools, from
+# its server module and a three-line main.
+build_etcd() {
+    [[ -x $ETCD ]] && { log "etcd $ETCD_VERSION: cached in $ETCD_DIR"; return; }
+    [[ $ETCD_VERSION =~ ^v3\. ]] || die "MACE_ETCD_VERSION must be a v3 tag (got $ETCD_VERSION)"
+
+    log "etcd $ETCD_VERSION: downloading go.etcd.io/etcd/server/v3 module"
+    local gomod gover
+    gomod=$(cd "$CACHE" && go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" |
+        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $gomod ]] || die "could not locate go.mod of go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$gomod" | head -n1)
+
+    local src="$ETCD_DIR/src"
+    rm -rf "$src"
+    mkdir -p "$src"
+    printf 'module mace.local/etcd-tools\n\ngo %s\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
+        "${gover:-1.24.0}" "$ETCD_VERSION" >"$src/go.mod"
+    printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' \
+        >"$src/main.go"
+
+    cd "$src"
+    timed "go build etcd" go_build "$ETCD" . ""
+    cd - >/dev/null
 }
 
 # ---------------------------------------------------------------------- main
@@ -181,10 +193,10 @@ main() {
         go_env
         build_k8s
         build_helm
+        build_etcd
     else
         log "all Go-built tools cached under $CACHE"
     fi
-    find_etcd
     log "done in $((SECONDS - t0))s"
 
     printf 'KUBE_APISERVER=%q\n' "$KUBE_APISERVER"
