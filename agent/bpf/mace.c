@@ -69,6 +69,7 @@ BPF_ARRAY(control, u64, 2);            /* [CONTROL_STREAM] 0/1, [CONTROL_RATE] e
 BPF_ARRAY(rate, struct rate_window, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(wake, u64, 1);         /* events submitted on this CPU since the last wake-up */
+BPF_ARRAY(last_send, u64, 1);           /* when the process last entered a send call */
 
 static __always_inline void count(u32 index, u64 n)
 {
@@ -301,6 +302,10 @@ static __always_inline int tx_begin(void)
     u32 tid = id;
     u64 now = bpf_ktime_get_ns();
     tx_start.update(&tid, &now);
+    u32 zero = 0;
+    u64 *last = last_send.lookup(&zero);
+    if (last)
+        *last = now;
     return 0;
 }
 
@@ -352,11 +357,16 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
+    /* Nothing can be pending unless the process sent within the expiry time: while it is idle,
+     * every packet on every device leaves after this one lookup. */
+    u32 zero = 0;
+    u64 *last = last_send.lookup(&zero);
+    if (!last || bpf_ktime_get_ns() - *last > TTL_NS)
+        return 0;
     const u8 *skb = (const u8 *)ctx->args[0];
     const u8 *dev = (const u8 *)ctx->args[1];
     if (!is_target_dev(dev))
         return 0;
-    u32 zero = 0;
     struct tx_stash *stash = tx_stash.lookup(&zero);
     if (!stash)
         return 0;
@@ -563,6 +573,13 @@ static __always_inline u64 queue_head(u64 sk, u32 qlen_offset, u32 next_offset)
     return read_ptr(sk + next_offset);
 }
 
+/* The datagram a receive call on this UDP socket would return now (0: none queued). */
+static __always_inline u64 udp_head(u64 sk)
+{
+    u64 head = queue_head(sk, OFF_UDP_READER_QUEUE_QLEN, OFF_UDP_READER_QUEUE_NEXT);
+    return head ? head : queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
+}
+
 static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
 {
     u64 sk = fd_to_sock((u32)fd);
@@ -571,11 +588,15 @@ static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
         || protocol != IPPROTO_UDP_)
         return;
     batch->sk = sk;
+    u64 head = udp_head(sk);
+    if (head) {  /* a datagram is waiting: no need to watch the socket */
+        udp_claim(batch, head);
+        return;
+    }
+    /* Watch for the first datagram, then look again: one may have been queued in between. */
     u32 tid = bpf_get_current_pid_tgid();
     udp_waiters.update(&sk, &tid);
-    u64 head = queue_head(sk, OFF_UDP_READER_QUEUE_QLEN, OFF_UDP_READER_QUEUE_NEXT);
-    if (!head)
-        head = queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
+    head = udp_head(sk);
     if (head) {
         udp_claim(batch, head);
         udp_waiters.delete(&sk);

@@ -238,6 +238,7 @@ def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, conf
         "IN_FAMILY": inbound.family, "IN_L4PROTO": inbound.transport,
         "INFO_BYTES": info_bytes(flt),
         "WAKE_EVERY": wake_every(flt, config),
+        "TTL_NS": f"{round(config.ttl_s * 1e9)}ULL",
     }
     defines |= offsets.defines()
     defines["UDP_CLAIM"] = int(udp_claim(flt))

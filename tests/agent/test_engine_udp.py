@@ -48,3 +48,24 @@ def test_udp_requests_and_replies_are_measured(topology: Topology, family: str) 
     assert {e["proc_id"] for e in out + inbound} == {client.pid}
     assert summary["out"]["count"] == COUNT
     assert summary["in"]["count"] == COUNT
+
+
+def test_sends_after_idle_spells_longer_than_the_ttl_are_measured(topology: Topology) -> None:
+    """The device hooks skip all work while the process has not sent within the TTL; each send
+    must reopen them in time for its own packet."""
+    t = topology
+    count, ttl_s = 4, 0.2
+    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
+    client = TrafficProcess(t, t.pod.ns, "udp-client", "--dest", t.remote.ipv4, "--port", str(PORT),
+                            "--count", str(count), "--rate", str(1 / (3 * ttl_s)), "--seq-base",
+                            str(SEQ_BASE), gated=True)
+    text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"], ["udp_payload"])
+    agent = AgentProcess(t, t.node, text, extra_args=["--ttl", str(ttl_s)])
+    agent.wait_attached()
+    client.release()
+    requests, done = client.wait_done()
+    assert done == {"sent": count, "received": count}
+    agent.wait_events(lambda e: e["direction"] == "out", count)
+    summary = agent.stop()
+    assert sorted(info_values(agent.events_of("out"), "udp_payload")) == [r["seq"] for r in requests]
+    assert summary["out"]["count"] == count
