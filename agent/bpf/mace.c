@@ -30,9 +30,14 @@
 
 struct corr_key { u8 b[CORR_BYTES]; };
 
-/* Header positions of one packet (kernel addresses; l2 is 0 when unknown) and, for TCP,
- * its payload length (0: unknown). */
-struct pkt { const u8 *l2; const u8 *l3; const u8 *l4; u32 payload; };
+/* Header positions of one packet (kernel addresses; l2 is 0 when unknown), for TCP its
+ * payload length (0: unknown), and the first hdr_len bytes from the network header, read in
+ * one go; l4off is the transport header's position in them. */
+struct pkt {
+    const u8 *l2; const u8 *l3; const u8 *l4; u32 payload;
+    u32 l4off; u32 hdr_len; u32 pad;
+    u8 hdr[PKT_HDR_BYTES];
+};
 
 struct tx_val { u64 ts; u32 tid; u32 pad; };
 struct tx_stash {
@@ -192,7 +197,11 @@ static __always_inline int is_target_dev(const u8 *dev)
 static __always_inline int tcp_payload(struct pkt *p, u32 ip_total, u32 ip_header)
 {
     u8 doff = 0;
-    if (bpf_probe_read_kernel(&doff, 1, p->l4 + 12))
+    if (ip_header == 20 && p->hdr_len >= 33)
+        doff = p->hdr[32];
+    else if (ip_header == 40 && p->hdr_len >= 53)
+        doff = p->hdr[52];
+    else if (bpf_probe_read_kernel(&doff, 1, p->l4 + 12))
         return -1;
     if (!ip_total)  /* GSO packets over 64 KiB carry no length */
         return 0;
@@ -204,11 +213,26 @@ static __always_inline int tcp_payload(struct pkt *p, u32 ip_total, u32 ip_heade
 }
 
 /* Check the network header against the required family/transport and find the L4 header. */
+/* Read the first bytes from the network header: PKT_HDR_BYTES, or at least the fixed header
+ * (a packet ending close to an unmapped page). 0 on success. */
+static __always_inline int read_header(struct pkt *p, u32 fixed)
+{
+    if (bpf_probe_read_kernel(p->hdr, PKT_HDR_BYTES, p->l3) == 0) {
+        p->hdr_len = PKT_HDR_BYTES;
+        return 0;
+    }
+    if (bpf_probe_read_kernel(p->hdr, fixed, p->l3) == 0) {
+        p->hdr_len = fixed;
+        return 0;
+    }
+    return -1;
+}
+
 static __always_inline int parse_l3(struct pkt *p, u16 proto, int family, int l4proto)
 {
+    const u8 *ip = p->hdr;
     if (proto == ETH_P_IP) {
-        u8 ip[20];
-        if (family == 6 || bpf_probe_read_kernel(ip, sizeof(ip), p->l3) || (ip[0] >> 4) != 4)
+        if (family == 6 || read_header(p, 20) || (ip[0] >> 4) != 4)
             return -1;
         if (!l4proto)
             return 0;
@@ -216,21 +240,22 @@ static __always_inline int parse_l3(struct pkt *p, u16 proto, int family, int l4
             return -1;
         u32 header = (ip[0] & 0xf) * 4;
         p->l4 = p->l3 + header;
+        p->l4off = header;
         if (l4proto == IPPROTO_TCP_)
             return tcp_payload(p, ((u32)ip[2] << 8) | ip[3], header);
         return 0;
     }
     if (proto == ETH_P_IPV6) {
-        u8 ip6[8];
-        if (family == 4 || bpf_probe_read_kernel(ip6, sizeof(ip6), p->l3) || (ip6[0] >> 4) != 6)
+        if (family == 4 || read_header(p, 40) || (ip[0] >> 4) != 6)
             return -1;
         if (!l4proto)
             return 0;
-        if (ip6[6] != l4proto)
+        if (ip[6] != l4proto)
             return -1;
         p->l4 = p->l3 + 40;
+        p->l4off = 40;
         if (l4proto == IPPROTO_TCP_)
-            return tcp_payload(p, 40 + (((u32)ip6[4] << 8) | ip6[5]), 40);
+            return tcp_payload(p, 40 + (((u32)ip[4] << 8) | ip[5]), 40);
         return 0;
     }
     return -1;

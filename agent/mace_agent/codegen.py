@@ -27,6 +27,8 @@ RX_SLOTS = 16
 """Packets one receive call can report (more are counted as ``in_batch_overflow``)."""
 TCP_CHAIN = 64
 """Merged TCP segments one copied skb can account for."""
+PKT_HDR_BYTES = 64
+"""Bytes from the network header that parse_l3 reads in one go (mace.c's ``struct pkt``)."""
 
 DIRECTIONS = ("out", "in")
 COUNTERS = (
@@ -180,20 +182,47 @@ class KernelOffsets:
         return start, length
 
 
+def _header_sources(header: Header, offset: int, width: int) -> list[tuple[str, int]]:
+    """Where in ``p->hdr`` (the bytes parse_l3 read from the network header) a field may lie:
+    (C condition, start) pairs. IP fields are at fixed offsets; transport fields depend on the
+    IP header's length, covered for IPv4 without options and IPv6 without extension headers."""
+    if _BASE[header] == "p->l3":
+        starts = [("", offset)]
+    elif _BASE[header] == "p->l4":
+        starts = [(f"p->l4off == {l4off} && ", l4off + offset) for l4off in (20, 40)]
+    else:
+        return []
+    return [(f"{condition}p->hdr_len >= {start + width}", start) for condition, start in starts
+            if start + width <= PKT_HDR_BYTES]
+
+
 def _copy_code(name: str, slots: tuple[Slot, ...], *, required: bool) -> str:
-    """A C function copying fields into ``buf``; corr copies fail the packet, info ones zero-fill."""
+    """A C function copying fields into ``buf``; corr copies fail the packet, info ones zero-fill.
+
+    Fields within the header bytes already read are copied from there; others are read from
+    the packet."""
     kind = "int" if required else "void"
     lines = [f"static __always_inline {kind} {name}(const struct pkt *p, u8 *buf)", "{"]
     for slot in slots:
         info = CATALOGUE[slot.field]
         base = _BASE[info.header]
+        keyword = "if"
+        for condition, start in _header_sources(info.header, info.offset, slot.width):
+            lines.append(f"    {keyword} ({condition})")
+            lines.append(f"        __builtin_memcpy(buf + {slot.offset}, p->hdr + {start}, {slot.width});")
+            keyword = "else if"
         read = f"bpf_probe_read_kernel(buf + {slot.offset}, {slot.width}, {base} + {info.offset})"
+        indent = "    " if keyword == "if" else "        "
+        if keyword != "if":
+            lines.append("    else {")
         if required:
-            lines.append(f"    if (!{base} || {read})")
-            lines.append("        return -1;")
+            lines.append(f"{indent}if (!{base} || {read})")
+            lines.append(f"{indent}    return -1;")
         else:
-            lines.append(f"    if ({base} && {read})")
-            lines.append(f"        __builtin_memset(buf + {slot.offset}, 0, {slot.width});")
+            lines.append(f"{indent}if ({base} && {read})")
+            lines.append(f"{indent}    __builtin_memset(buf + {slot.offset}, 0, {slot.width});")
+        if keyword != "if":
+            lines.append("    }")
         if info.mask is not None:
             for i, byte in enumerate(info.mask.to_bytes(slot.width, "big")):
                 if byte != 0xFF:
@@ -237,6 +266,7 @@ def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, conf
         "OUT_FAMILY": out.family, "OUT_L4PROTO": out.transport,
         "IN_FAMILY": inbound.family, "IN_L4PROTO": inbound.transport,
         "INFO_BYTES": info_bytes(flt),
+        "PKT_HDR_BYTES": PKT_HDR_BYTES,
         "WAKE_EVERY": wake_every(flt, config),
         "TTL_NS": f"{round(config.ttl_s * 1e9)}ULL",
     }

@@ -65,6 +65,18 @@ def test_copy_code_reads_each_field_and_applies_masks() -> None:
     assert "if (p->l2 && bpf_probe_read_kernel(buf + 0, 6, p->l2 + 0))" in text
 
 
+def test_ip_and_transport_fields_come_from_the_header_bytes_read_once() -> None:
+    text = codegen.functions(parse("dev-id: 1 proc-id: 1 in: corr: udp_payload info: ip_src_addr "
+                                   "out: corr: udp_payload info:"))
+    # UDP payload bytes 0-7 behind an IPv4 header without options (20 + 8) or an IPv6 header (40 + 8)
+    copy = "\n        __builtin_memcpy"
+    assert f"if (p->l4off == 20 && p->hdr_len >= 36){copy}(buf + 0, p->hdr + 28, 8);" in text
+    assert f"else if (p->l4off == 40 && p->hdr_len >= 56){copy}(buf + 0, p->hdr + 48, 8);" in text
+    assert f"if (p->hdr_len >= 16){copy}(buf + 0, p->hdr + 12, 4);" in text
+    # otherwise (IP options) the packet itself is read
+    assert "if (!p->l4 || bpf_probe_read_kernel(buf + 0, 8, p->l4 + 8))" in text
+
+
 def test_udp_hooks_only_when_ingress_may_be_udp() -> None:
     udp = parse("dev-id: 1 proc-id: 1 in: corr: udp_payload info: out: corr: udp_payload info:")
     assert "sock:sock_recv_length" in codegen.tracepoints(udp)
