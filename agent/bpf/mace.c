@@ -63,8 +63,6 @@ struct rate_window { u64 second; u64 count; };
 
 /* Per-call state lives in preallocated hashes (cheaper than LRU); syscall exit deletes it. */
 BPF_TABLE("hash", u32, u64, tx_start, THREAD_ENTRIES);
-BPF_TABLE("lru_hash", struct corr_key, struct tx_val, tx_pending, MAP_ENTRIES);
-BPF_TABLE("lru_hash", struct corr_key, struct rx_val, rx_pending, MAP_ENTRIES);
 BPF_TABLE("lru_hash", u32, struct rx_batch, rx_batch, THREAD_ENTRIES);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
 BPF_PERCPU_ARRAY(batch_template, struct rx_batch, 1);
@@ -75,6 +73,123 @@ BPF_ARRAY(rate, struct rate_window, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(wake, u64, 1);         /* events submitted on this CPU since the last wake-up */
 BPF_ARRAY(last_send, u64, 1);           /* when the process last entered a send call */
+
+/* ---- pending packets ----
+ * Packets seen at one end wait for the other end in a set-associative table: PENDING_SETS
+ * sets of PENDING_WAYS ways in an array, the set chosen by a hash of the packet id. An insert
+ * takes an empty or expired way, else evicts the oldest packet of the set; nothing locks and
+ * nothing allocates, so a flood that nobody takes costs one hash and one array lookup per
+ * packet (an LRU hash map took a global lock and evicted on every insert). Ways older than
+ * TTL_NS never match; user space counts them as expired (mace_agent/engine.py). A way is
+ * published by writing its hash last; readers compare hash and id. */
+#define PENDING_SETS ((MAP_ENTRIES + PENDING_WAYS - 1) / PENDING_WAYS)
+#define CORR_WORDS (CORR_BYTES / 8)
+
+static __always_inline u64 key_hash(const struct corr_key *key)
+{
+    u64 w[CORR_WORDS];
+    __builtin_memcpy(w, key->b, sizeof(w));
+    u64 h = 0x9e3779b97f4a7c15ULL;
+#pragma unroll
+    for (int i = 0; i < CORR_WORDS; i++) {
+        h = (h ^ w[i]) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    return h | 1;  /* 0 marks an empty way */
+}
+
+static __always_inline int same_key(const struct corr_key *a, const struct corr_key *b)
+{
+    u64 x[CORR_WORDS], y[CORR_WORDS];
+    __builtin_memcpy(x, a->b, sizeof(x));
+    __builtin_memcpy(y, b->b, sizeof(y));
+    u64 diff = 0;
+#pragma unroll
+    for (int i = 0; i < CORR_WORDS; i++)
+        diff |= x[i] ^ y[i];
+    return diff == 0;
+}
+
+/* Defines, for a table <name> of <value_t> (whose first member is u64 ts), the way and set
+ * types and, given the set a packet id hashes to (bcc needs the map lookups outside macros):
+ *   <name>_find_in(set, hash, key, now): the way holding key, not expired (0: none);
+ *   <name>_insert_in(set, hash, key, value): 0 if inserted, -1 if key is already pending. */
+#define PENDING_TABLE(name, value_t)                                                        \
+struct name##_way { u64 hash; struct corr_key key; value_t value; };                        \
+struct name##_set { struct name##_way way[PENDING_WAYS]; };                                 \
+static __always_inline struct name##_way *name##_find_in(struct name##_set *set, u64 hash,  \
+                                                         const struct corr_key *key, u64 now) \
+{                                                                                           \
+    _Pragma("unroll")                                                                       \
+    for (int i = 0; i < PENDING_WAYS; i++) {                                                \
+        struct name##_way *way = &set->way[i];                                              \
+        if (way->hash == hash && same_key(&way->key, key) && now - way->value.ts <= TTL_NS)  \
+            return way;                                                                     \
+    }                                                                                       \
+    return 0;                                                                               \
+}                                                                                           \
+static __always_inline int name##_insert_in(struct name##_set *set, u64 hash,               \
+                                            const struct corr_key *key, const value_t *value) \
+{                                                                                           \
+    u32 victim = 0;                                                                         \
+    u64 oldest = ~0ULL;                                                                     \
+    _Pragma("unroll")                                                                       \
+    for (int i = 0; i < PENDING_WAYS; i++) {                                                \
+        struct name##_way *way = &set->way[i];                                              \
+        u64 age_key = way->hash ? way->value.ts : 0;                                        \
+        if (way->hash == hash && same_key(&way->key, key)                                   \
+            && value->ts - way->value.ts <= TTL_NS)                                         \
+            return -1;                                                                      \
+        if (age_key < oldest) {                                                             \
+            oldest = age_key;                                                               \
+            victim = i;                                                                     \
+        }                                                                                   \
+    }                                                                                       \
+    struct name##_way *way = &set->way[victim & (PENDING_WAYS - 1)];                        \
+    way->hash = 0;                                                                          \
+    __builtin_memcpy(&way->key, key, sizeof(*key));                                         \
+    __builtin_memcpy(&way->value, value, sizeof(*value));                                   \
+    asm volatile("" ::: "memory");                                                          \
+    way->hash = hash;                                                                       \
+    return 0;                                                                               \
+}
+
+PENDING_TABLE(tx_pending, struct tx_val)
+PENDING_TABLE(rx_pending, struct rx_val)
+BPF_ARRAY(tx_pending, struct tx_pending_set, PENDING_SETS);
+BPF_ARRAY(rx_pending, struct rx_pending_set, PENDING_SETS);
+
+static __always_inline struct tx_pending_way *tx_pending_find(const struct corr_key *key, u64 now)
+{
+    u64 hash = key_hash(key);
+    u32 index = hash % PENDING_SETS;
+    struct tx_pending_set *set = tx_pending.lookup(&index);
+    return set ? tx_pending_find_in(set, hash, key, now) : 0;
+}
+
+static __always_inline int tx_pending_insert(const struct corr_key *key, const struct tx_val *value)
+{
+    u64 hash = key_hash(key);
+    u32 index = hash % PENDING_SETS;
+    struct tx_pending_set *set = tx_pending.lookup(&index);
+    return set ? tx_pending_insert_in(set, hash, key, value) : -1;
+}
+
+static __always_inline struct rx_pending_way *rx_pending_find(const struct corr_key *key, u64 now)
+{
+    u64 hash = key_hash(key);
+    u32 index = hash % PENDING_SETS;
+    struct rx_pending_set *set = rx_pending.lookup(&index);
+    return set ? rx_pending_find_in(set, hash, key, now) : 0;
+}
+
+static __always_inline int rx_pending_insert(const struct corr_key *key, const struct rx_val *value)
+{
+    u64 hash = key_hash(key);
+    u32 index = hash % PENDING_SETS;
+    struct rx_pending_set *set = rx_pending.lookup(&index);
+    return set ? rx_pending_insert_in(set, hash, key, value) : -1;
+}
 
 static __always_inline void count(u32 index, u64 n)
 {
@@ -375,7 +490,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
         return 0;
     struct tx_val value = {.ts = *start, .tid = tid};
     /* BPF_NOEXIST: the packet is queued again on later devices in the same context. */
-    if (tx_pending.insert(&key, &value) == 0)
+    if (tx_pending_insert(&key, &value) == 0)
         count(C_OUT_INSERTED, 1);
     return 0;
 }
@@ -386,7 +501,8 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
      * every packet on every device leaves after this one lookup. */
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
-    if (!last || bpf_ktime_get_ns() - *last > TTL_NS)
+    u64 now = bpf_ktime_get_ns();
+    if (!last || now - *last > TTL_NS)
         return 0;
     const u8 *skb = (const u8 *)ctx->args[0];
     const u8 *dev = (const u8 *)ctx->args[1];
@@ -399,11 +515,11 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
     struct pkt p = {};
     if (out_key(skb, &p, &stash->key))
         return 0;
-    struct tx_val *pending = tx_pending.lookup(&stash->key);
+    struct tx_pending_way *pending = tx_pending_find(&stash->key, now);
     if (!pending)
         return 0;
-    stash->ts = pending->ts;
-    stash->tid = pending->tid;
+    stash->ts = pending->value.ts;
+    stash->tid = pending->value.tid;
     __builtin_memset(stash->info, 0, sizeof(stash->info));
     out_info(&p, stash->info);
     stash->dev = (u64)dev;
@@ -421,10 +537,12 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
     stash->skb = 0;
     if ((int)ctx->args[1] != 0)  /* not NETDEV_TX_OK: the packet will be sent again */
         return 0;
-    if (tx_pending.delete(&stash->key) != 0)
-        return 0;
-    count(C_OUT_MATCHED, 1);
     u64 now = bpf_ktime_get_ns();
+    struct tx_pending_way *pending = tx_pending_find(&stash->key, now);
+    if (!pending)
+        return 0;
+    pending->hash = 0;
+    count(C_OUT_MATCHED, 1);
     record(DIR_OUT, stash->ts, now, stash->tid, stash->info);
     return 0;
 }
@@ -448,7 +566,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
         value.next_seq = be32_at(key.b + TCP_SEQ_AT) + p.payload;
 #endif
     in_info(&p, value.info);
-    if (rx_pending.insert(&key, &value) == 0)
+    if (rx_pending_insert(&key, &value) == 0)
         count(C_IN_INSERTED, 1);
     else
         count(C_IN_DUPLICATE, 1);
@@ -483,19 +601,19 @@ static __always_inline struct rx_batch *rx_begin(void)
  * -1 if it was not pending, else its next_seq. */
 static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key)
 {
-    struct rx_val *pending = rx_pending.lookup(key);
+    struct rx_pending_way *pending = rx_pending_find(key, bpf_ktime_get_ns());
     if (!pending)
         return -1;
-    s64 next = pending->next_seq;
+    s64 next = pending->value.next_seq;
     u32 n = batch->n;
     if (n < RX_SLOTS) {
-        __builtin_memcpy(&batch->slot[n], pending, sizeof(struct rx_val));
+        __builtin_memcpy(&batch->slot[n], &pending->value, sizeof(struct rx_val));
         batch->n = n + 1;
     } else {
         count(C_IN_BATCH_OVERFLOW, 1);
     }
-    if (rx_pending.delete(key) == 0)
-        count(C_IN_MATCHED, 1);
+    pending->hash = 0;
+    count(C_IN_MATCHED, 1);
     return next;
 }
 

@@ -27,6 +27,8 @@ RX_SLOTS = 16
 """Packets one receive call can report (more are counted as ``in_batch_overflow``)."""
 TCP_CHAIN = 64
 """Merged TCP segments one copied skb can account for."""
+PENDING_WAYS = 4
+"""Ways per set of the pending-packet tables (see mace.c and mace_agent/pending.py)."""
 PKT_HDR_BYTES = 64
 """Bytes from the network header that parse_l3 reads in one go (mace.c's ``struct pkt``)."""
 
@@ -266,7 +268,7 @@ def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, conf
         "OUT_FAMILY": out.family, "OUT_L4PROTO": out.transport,
         "IN_FAMILY": inbound.family, "IN_L4PROTO": inbound.transport,
         "INFO_BYTES": info_bytes(flt),
-        "PKT_HDR_BYTES": PKT_HDR_BYTES,
+        "PKT_HDR_BYTES": PKT_HDR_BYTES, "PENDING_WAYS": PENDING_WAYS,
         "WAKE_EVERY": wake_every(flt, config),
         "TTL_NS": f"{round(config.ttl_s * 1e9)}ULL",
     }

@@ -12,7 +12,7 @@ MAX_RINGBUF_PAGES = 4096
 class EngineConfig:
     """How one engine sizes its state and reports.
 
-    map_entries: capacity of each pending-packet map (egress and ingress; LRU).
+    map_entries: capacity of each pending-packet table (egress and ingress; 4-way set-associative).
     rate_limit: at most this many per-packet events per second to the stream (0: no limit);
         packets beyond it are still in the histograms and counted as ``rate_limited``.
     stream: send per-packet events to user space; histograms are kept either way.

@@ -9,8 +9,8 @@ Typical use::
         print(engine.snapshot().to_dict())
 
 Per packet, Python only reads and decodes the ring buffer; histograms, counts, sums and
-maxima are kept in the kernel. Pending packets that never match are expired here, once a
-second, by scanning the two pending maps (bounded by ``map_entries``).
+maxima are kept in the kernel. Pending packets that never match are counted as expired here,
+once a second, by reading the two pending tables (bounded by ``map_entries``; see pending.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from mace_agent.btf import BTF, BTFError
 from mace_agent.config import EngineConfig
 from mace_agent.events import Event, EventDecoder
 from mace_agent.kernel import KernelFeatureError
+from mace_agent.pending import PendingTable
 from mace_agent.summary import DirectionSummary, Snapshot
 from mace_agent.target import Target
 
@@ -50,8 +51,7 @@ class Engine:
         self._decoder = EventDecoder(flt)
         self._events: list[Event] = []
         self._values: dict[str, list[int]] = {d: [] for d in codegen.DIRECTIONS}
-        self._expired = dict.fromkeys(codegen.DIRECTIONS, 0)
-        self._pending = dict.fromkeys(codegen.DIRECTIONS, 0)
+        self._pending_tables: dict[str, PendingTable] = {}
         self._decode_errors = 0
         self._next_sweep = 0.0
         self._callback: Any = None
@@ -85,6 +85,7 @@ class Engine:
         self.set_stream(self.config.stream)
         self.set_rate_limit(self.config.rate_limit)
         self._callback = self._bpf[b"events"].open_ring_buffer(self._on_event)
+        self._pending_tables = {direction: PendingTable(self._bpf[name]) for direction, name in _PENDING_MAPS}
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         self.attach_seconds = time.monotonic() - began
 
@@ -141,26 +142,12 @@ class Engine:
         return events
 
     def sweep(self) -> None:
-        """Expire pending packets older than the TTL and count what is still pending."""
-        bpf = self._require()
+        """Count the pending packets older than the TTL as expired, and those still pending."""
+        self._require()
         now = time.monotonic_ns()
         ttl_ns = int(self.config.ttl_s * 1e9)
-        for direction, name in _PENDING_MAPS:
-            table = bpf[name]
-            stale = []
-            live = 0
-            for key, value in table.items():
-                if now - value.ts > ttl_ns:
-                    stale.append(key)
-                else:
-                    live += 1
-            for key in stale:
-                try:
-                    del table[key]
-                    self._expired[direction] += 1
-                except KeyError:  # matched meanwhile
-                    pass
-            self._pending[direction] = live
+        for table in self._pending_tables.values():
+            table.sweep(now, ttl_ns)
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
     def _counters(self) -> dict[str, int]:
@@ -183,11 +170,11 @@ class Engine:
         self.sweep()
         counters = self._counters()
         hists = self._histograms()
-        for d in codegen.DIRECTIONS:
-            counters[f"{d}_expired"] = self._expired[d]
-            counters[f"{d}_pending"] = self._pending[d]
+        for d, table in self._pending_tables.items():
+            counters[f"{d}_expired"] = table.expired
+            counters[f"{d}_pending"] = table.pending
             counters[f"{d}_evicted"] = max(0, counters[f"{d}_inserted"] - counters[f"{d}_matched"]
-                                           - self._expired[d] - self._pending[d])
+                                           - table.expired - table.pending)
         counters["decode_errors"] = self._decode_errors
         summaries = {
             d: DirectionSummary.build(counters[f"{d}_count"], counters[f"{d}_sum"], counters[f"{d}_max"],

@@ -48,7 +48,7 @@ class Snapshot:
 
     counters: the kernel's counters (see codegen.COUNTERS) plus ``out_expired``/``in_expired``
     (pending packets never matched within the TTL), ``out_pending``/``in_pending`` (waiting
-    now) and ``out_evicted``/``in_evicted`` (pushed out of a full LRU map).
+    now) and ``out_evicted``/``in_evicted`` (pushed out of the pending table by newer packets).
     """
 
     directions: Mapping[str, DirectionSummary]

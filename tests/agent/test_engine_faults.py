@@ -118,3 +118,28 @@ def test_signal_ends_the_run_with_a_summary(topology: Topology, sig: signal.Sign
     assert_clean_exit(agent, code, "interrupted")
     assert agent.summary is not None
     assert agent.summary["in"]["count"] >= len(seen)
+
+
+def test_packets_nobody_takes_expire_and_are_counted(topology: Topology) -> None:
+    """The filter names a process that receives nothing: ping's replies reach the outer device (where
+    the process is not yet known) and wait there for a receive call that never comes. Once older than
+    the TTL they are counted as unmatched, exactly once each, and never as measured."""
+    t = topology
+    count, ttl_s, run_s = 8, 0.2, 3.0
+    idle = Child(t, t.pod.ns, ["sleep", "60"])
+    pinger = ping(t, "-c", str(count))
+    agent = AgentProcess(t, t.node, filter_text(t.uplink_ifindex, idle.pid, FIELDS, FIELDS), duration=run_s,
+                         extra_args=["--ttl", str(ttl_s)])
+    agent.wait_attached()
+    pinger.release()
+    assert pinger.wait_exit(30) == 0
+    assert agent.running, "ping (about 0.4 s) should end well within the run; the machine is too slow"
+    code = agent.wait_exit(30)
+    assert_clean_exit(agent, code, "duration")
+    summary = agent.summary
+    assert summary is not None
+    counters = summary["counters"]
+    assert counters["in_inserted"] == count, counters
+    assert counters["in_expired"] == count and counters["in_pending"] == 0, counters
+    assert summary["in"]["count"] == 0 and summary["out"]["count"] == 0
+    assert summary["unmatched"] == count, summary
