@@ -61,11 +61,12 @@ struct event {
 };
 struct rate_window { u64 second; u64 count; };
 
-/* Per-call state lives in preallocated hashes (cheaper than LRU); syscall exit deletes it. */
-BPF_TABLE("hash", u32, u64, tx_start, THREAD_ENTRIES);
-BPF_TABLE("lru_hash", u32, struct rx_batch, rx_batch, THREAD_ENTRIES);
+/* Per-call state of each thread of the process lives in task-local storage: no hashing, no
+ * locks, and the kernel frees it when the thread exits. */
+struct tx_call { u64 start; u32 active; u32 pad; };
+BPF_TASK_STORAGE(tx_call, struct tx_call);
+BPF_TASK_STORAGE(rx_batch, struct rx_batch);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
-BPF_PERCPU_ARRAY(batch_template, struct rx_batch, 1);
 BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
 BPF_PERCPU_ARRAY(hist, u64, 2 * HIST_BUCKETS);
 BPF_ARRAY(control, u64, 2);            /* [CONTROL_STREAM] 0/1, [CONTROL_RATE] events/s, 0: no limit */
@@ -439,9 +440,13 @@ static __always_inline int tx_begin(void)
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
-    u32 tid = id;
+    struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0,
+                                                    BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!call)
+        return 0;
     u64 now = bpf_ktime_get_ns();
-    tx_start.update(&tid, &now);
+    call->start = now;
+    call->active = 1;
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     if (last)
@@ -454,8 +459,9 @@ static __always_inline int tx_end(void)
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
-    u32 tid = id;
-    tx_start.delete(&tid);
+    struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
+    if (call)
+        call->active = 0;
     return 0;
 }
 
@@ -470,8 +476,8 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     if ((id >> 32) != PROC_TGID)
         return 0;
     u32 tid = id;
-    u64 *start = tx_start.lookup(&tid);
-    if (!start)
+    struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
+    if (!call || !call->active)
         return 0;
     /* Softirqs run in this context may queue other packets (forwarded ones, or a reply
      * made in another namespace to the packet being sent): keep only packets made here
@@ -488,7 +494,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     struct corr_key key;
     if (out_key(skb, &p, &key))
         return 0;
-    struct tx_val value = {.ts = *start, .tid = tid};
+    struct tx_val value = {.ts = call->start, .tid = tid};
     /* BPF_NOEXIST: the packet is queued again on later devices in the same context. */
     if (tx_pending_insert(&key, &value) == 0)
         count(C_OUT_INSERTED, 1);
@@ -578,18 +584,10 @@ static __always_inline struct rx_batch *rx_begin(void)
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
-    u32 tid = id;
-    struct rx_batch *batch = rx_batch.lookup(&tid);
-    if (!batch) {
-        u32 zero = 0;
-        struct rx_batch *fresh = batch_template.lookup(&zero);
-        if (!fresh)
-            return 0;
-        rx_batch.update(&tid, fresh);
-        batch = rx_batch.lookup(&tid);
-        if (!batch)
-            return 0;
-    }
+    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0,
+                                                       BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!batch)
+        return 0;
     batch->n = 0;
     batch->active = 1;
     batch->claimed = 0;
@@ -656,8 +654,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
-    u32 tid = id;
-    struct rx_batch *batch = rx_batch.lookup(&tid);
+    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
     if (!batch || !batch->active)
         return 0;
     struct pkt p = {};
@@ -675,7 +672,9 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
  * when the call starts, else the first datagram queued while the thread waits
  * (sk_data_ready); sock_recv_length confirms the call returned from that socket. */
 
-BPF_TABLE("hash", u64, u32, udp_waiters, THREAD_ENTRIES);
+/* A thread waiting on an empty UDP socket, and the first datagram queued there since. */
+struct udp_waiter { u32 tid; u32 claimed; struct corr_key claim; };
+BPF_TABLE("hash", u64, struct udp_waiter, udp_waiters, THREAD_ENTRIES);
 
 static __always_inline u64 read_ptr(u64 addr)
 {
@@ -701,11 +700,11 @@ static __always_inline u64 fd_to_sock(u64 fd)
     return socket ? read_ptr(socket + OFF_SOCKET_SK) : 0;
 }
 
-static __always_inline void udp_claim(struct rx_batch *batch, u64 skb)
+/* 1 if skb's packet id could be read into claim. */
+static __always_inline u32 udp_claim(struct corr_key *claim, u64 skb)
 {
     struct pkt p = {};
-    if (skb && in_key((const u8 *)skb, &p, &batch->claim, 0) == 0)
-        batch->claimed = 1;
+    return skb && in_key((const u8 *)skb, &p, claim, 0) == 0;
 }
 
 static __always_inline u64 queue_head(u64 sk, u32 qlen_offset, u32 next_offset)
@@ -733,31 +732,27 @@ static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
     batch->sk = sk;
     u64 head = udp_head(sk);
     if (head) {  /* a datagram is waiting: no need to watch the socket */
-        udp_claim(batch, head);
+        batch->claimed = udp_claim(&batch->claim, head);
         return;
     }
     /* Watch for the first datagram, then look again: one may have been queued in between. */
-    u32 tid = bpf_get_current_pid_tgid();
-    udp_waiters.update(&sk, &tid);
+    struct udp_waiter waiter = {.tid = (u32)bpf_get_current_pid_tgid()};
+    udp_waiters.update(&sk, &waiter);
     head = udp_head(sk);
     if (head) {
-        udp_claim(batch, head);
+        batch->claimed = udp_claim(&batch->claim, head);
         udp_waiters.delete(&sk);
     }
 }
 
+/* Runs wherever the datagram is queued; the waiting thread picks the claim up itself. */
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
     u64 sk = ctx->args[0];
-    u32 *waiter = udp_waiters.lookup(&sk);
-    if (!waiter)
+    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
+    if (!waiter || waiter->claimed)
         return 0;
-    u32 tid = *waiter;
-    udp_waiters.delete(&sk);
-    struct rx_batch *batch = rx_batch.lookup(&tid);
-    if (!batch || !batch->active || batch->claimed || batch->sk != sk)
-        return 0;
-    udp_claim(batch, read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV));
+    waiter->claimed = udp_claim(&waiter->claim, read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV));
     return 0;
 }
 
@@ -766,9 +761,19 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
-    u32 tid = id;
-    struct rx_batch *batch = rx_batch.lookup(&tid);
-    if (!batch || !batch->active || !batch->claimed)
+    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
+    if (!batch || !batch->active)
+        return 0;
+    if (!batch->claimed && batch->sk) {
+        u64 sk = batch->sk;
+        struct udp_waiter *waiter = udp_waiters.lookup(&sk);
+        if (waiter && waiter->claimed && waiter->tid == (u32)id) {
+            __builtin_memcpy(&batch->claim, &waiter->claim, sizeof(batch->claim));
+            batch->claimed = 1;
+        }
+        udp_waiters.delete(&sk);
+    }
+    if (!batch->claimed)
         return 0;
     batch->claimed = 0;
     if (batch->sk != ctx->args[0] || (int)ctx->args[1] < 0 || ((int)ctx->args[2] & MSG_PEEK_))
@@ -787,7 +792,7 @@ static __always_inline int rx_end(void)
     if ((id >> 32) != PROC_TGID)
         return 0;
     u32 tid = id;
-    struct rx_batch *batch = rx_batch.lookup(&tid);
+    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
     if (!batch || !batch->active)
         return 0;
     batch->active = 0;

@@ -17,7 +17,8 @@ class EngineConfig:
         packets beyond it are still in the histograms and counted as ``rate_limited``.
     stream: send per-packet events to user space; histograms are kept either way.
     ttl_s: a pending packet not matched within this many seconds is expired and counted.
-    thread_entries: capacity of the per-thread maps (threads of the process in a socket call).
+    thread_entries: capacity of the map of threads waiting on an empty UDP socket (other per-call
+        state is task-local storage, one entry per thread of the process).
     ringbuf_pages: ring buffer size in pages (a power of two).
     exact_values: latencies per direction kept in user space for exact percentiles.
     """
