@@ -279,6 +279,23 @@ class Samples(Child):
             return [s for s in self.samples if start <= s[index] < end]
 
 
+def udp_rr_binary() -> Path:
+    """``bench/udp_rr.c`` compiled (once per change of the source) into ``bench/results/``."""
+    source = BENCH / "udp_rr.c"
+    binary = RESULTS / "udp_rr"
+    if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
+        return binary
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    try:
+        subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True,
+                       capture_output=True, text=True)
+    except FileNotFoundError:
+        sys.exit("bench: needs a C compiler for bench/udp_rr.c (sudo scripts/dev setup installs gcc)")
+    except subprocess.CalledProcessError as error:
+        sys.exit(f"bench: cannot compile bench/udp_rr.c:\n{error.stderr}")
+    return binary
+
+
 def idle_process(topology: Topology, ns: str) -> subprocess.Popen[Any]:
     """A process that sleeps in ``ns`` (a PID that sends nothing: the non-matching filter's target)."""
     return topology.popen(ns, ["sleep", "100000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

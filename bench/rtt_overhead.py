@@ -1,8 +1,9 @@
 """How much the engine's hooks add to a request/response round trip.
 
 Workloads, in a pod namespace talking to a remote namespace through the node's uplink (lab
-topology): the lab's UDP client (sendto/recvmsg, Python) against an echo server, and iputils
-ping (raw ICMP socket), each at 1000 and at 5 probes/s. One client process per workload runs
+topology): a UDP request/response client (bench/udp_rr.c: sendto, then recvmsg) against its echo
+server, and iputils ping (raw ICMP socket), each at 1000 and at 5 probes/s. Both are C, so their own
+jitter stays below the microseconds measured. One client process per workload runs
 throughout; the configurations alternate around it in rounds, in a fresh random order each round:
 
     none          no programs attached
@@ -52,9 +53,10 @@ from benchlib import (
     require_root,
     svg_intervals,
     tracing_programs,
+    udp_rr_binary,
     write_results,
 )
-from mace_agent.lab.processes import TrafficProcess, filter_text, traffic_argv
+from mace_agent.lab.processes import Child, filter_text
 from mace_agent.lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "match-stream", "match-hist")
@@ -111,19 +113,7 @@ def start_client(t: Topology, series: Series) -> Samples:
     """The workload's client in the pod, running until killed."""
     dest = t.remote.ipv4
     if series.workload == "udp":
-        argv = traffic_argv(
-            "udp-client",
-            "--dest",
-            dest,
-            "--port",
-            str(PORT),
-            "--count",
-            "1000000000",
-            "--rate",
-            f"{series.rate:g}",
-            "--timeout",
-            "1",
-        )
+        argv = [str(udp_rr_binary()), "client", dest, str(PORT), f"{series.rate:g}"]
         return Samples(t, t.pod.ns, argv, parse_udp)
     interval = f"{1 / series.rate:.3f}"
     return Samples(t, t.pod.ns, ["ping", "-n", "-D", "-i", interval, dest], parse_ping)
@@ -355,7 +345,9 @@ def main() -> int:
     configs = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
     results: dict[str, Record] = {}
     with Topology(prefix=f"mace-tb{random.randrange(1 << 16):04x}") as t:
-        TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "0.0.0.0", "--port", str(PORT)).wait_ready()
+        server = Child(t, t.remote.ns, [str(udp_rr_binary()), "server", str(PORT)])
+        server.wait_until(lambda: any(isinstance(line, dict) and line.get("ready") for line in server.lines),
+                          20, "the echo server's ready line")
         idle = idle_process(t, t.pod.ns)
         ctl = HookControl(t, t.node)
         try:
