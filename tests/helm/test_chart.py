@@ -127,7 +127,7 @@ def test_agent_runs_with_capabilities_not_privileged(tools: Tools) -> None:
     security = container(agent)["securityContext"]
     assert security["privileged"] is False
     assert security["capabilities"]["drop"] == ["ALL"]
-    assert security["capabilities"]["add"] == ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE", "SYS_RESOURCE"]
+    assert security["capabilities"]["add"] == ["BPF", "PERFMON", "SYS_ADMIN", "SYS_PTRACE"]
     assert security["readOnlyRootFilesystem"] is True
     assert security["seccompProfile"] == {"type": "RuntimeDefault"}
 

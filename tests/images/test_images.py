@@ -43,7 +43,7 @@ b.cleanup()
 """
 
 
-CAPABILITY_BITS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "SYS_RESOURCE": 24, "PERFMON": 38, "BPF": 39}
+CAPABILITY_BITS = {"SYS_PTRACE": 19, "SYS_ADMIN": 21, "PERFMON": 38, "BPF": 39}
 
 
 def chart_agent_values() -> dict[str, Any]:
@@ -54,7 +54,7 @@ def chart_agent_values() -> dict[str, Any]:
 def chart_capabilities() -> list[str]:
     """The chart's agent capabilities that this machine can grant at all (its own bounding set).
 
-    Some sandboxes lack CAP_SYS_RESOURCE, which the chart adds only for kernels before 5.11.
+    A sandbox may lack one in its bounding set; a container cannot be given what its runtime lacks.
     """
     with open("/proc/self/status", encoding="ascii") as status:
         bounding = next(int(line.split()[1], 16) for line in status if line.startswith("CapBnd:"))
