@@ -10,7 +10,7 @@
  *
  * No kernel struct layout from headers is used: every kernel object is read at BTF offsets.
  *
- * Egress:  sys_enter_sendto/sendmsg (tid -> start time)
+ * Egress:  sys_enter_sendto/sendmsg (the thread's start time, task-local)
  *          -> net_dev_queue in that task's context (packet id -> start time)
  *          -> net_dev_start_xmit on the device (look up, stash per CPU)
  *          -> net_dev_xmit with rc == 0 (latency).
@@ -81,7 +81,7 @@ BPF_ARRAY(last_send, u64, 1);           /* when the process last entered a send 
  * takes an empty or expired way, else evicts the oldest packet of the set; nothing locks and
  * nothing allocates, so a flood that nobody takes costs one hash and one array lookup per
  * packet (an LRU hash map took a global lock and evicted on every insert). Ways older than
- * TTL_NS never match; user space counts them as expired (mace_agent/engine.py). A way is
+ * TTL_NS never match; user space counts them as expired (mace_agent/pending.py). A way is
  * published by writing its hash last; readers compare hash and id. */
 #define PENDING_SETS ((MAP_ENTRIES + PENDING_WAYS - 1) / PENDING_WAYS)
 #define CORR_WORDS (CORR_BYTES / 8)
@@ -328,7 +328,6 @@ static __always_inline int tcp_payload(struct pkt *p, u32 ip_total, u32 ip_heade
     return 0;
 }
 
-/* Check the network header against the required family/transport and find the L4 header. */
 /* Read the first bytes from the network header: PKT_HDR_BYTES, or at least the fixed header
  * (a packet ending close to an unmapped page). 0 on success. */
 static __always_inline int read_header(struct pkt *p, u32 fixed)
@@ -344,6 +343,7 @@ static __always_inline int read_header(struct pkt *p, u32 fixed)
     return -1;
 }
 
+/* Check the network header against the required family/transport and find the L4 header. */
 static __always_inline int parse_l3(struct pkt *p, u16 proto, int family, int l4proto)
 {
     const u8 *ip = p->hdr;
@@ -495,7 +495,8 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     if (out_key(skb, &p, &key))
         return 0;
     struct tx_val value = {.ts = call->start, .tid = tid};
-    /* BPF_NOEXIST: the packet is queued again on later devices in the same context. */
+    /* Refused when already pending: the packet is queued again on later devices in the same
+     * context, and its first queueing counts. */
     if (tx_pending_insert(&key, &value) == 0)
         count(C_OUT_INSERTED, 1);
     return 0;
