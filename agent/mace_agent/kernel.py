@@ -32,6 +32,8 @@ _MOUNTS = (("tracefs", Path("/sys/kernel/tracing")), ("debugfs", Path("/sys/kern
 _MOUNT_LOCK = threading.Lock()
 _KCONFIG = Path("include/linux/kconfig.h")
 _DEBIAN_ARCH = {"x86_64": "amd64", "aarch64": "arm64"}
+MIN_RELEASE = (5, 13)
+"""Oldest kernel the engine loads on: task-local storage in tracing programs arrived in 5.13."""
 
 
 class KernelFeatureError(Exception):
@@ -77,6 +79,18 @@ def require_tracepoints(names: Iterable[str]) -> None:
     missing = [n for n in names if not tracepoint_exists(*n.split(":", 1))]
     if missing:
         raise KernelFeatureError(f"kernel lacks tracepoint(s): {', '.join(missing)}")
+
+
+def require_release(release: str | None = None) -> None:
+    """Raise if the kernel release (default: the running one) is older than MIN_RELEASE.
+
+    A release that does not start with ``MAJOR.MINOR`` is let through: loading will tell."""
+    release = release or platform.release()
+    match = re.match(r"(\d+)\.(\d+)", release)
+    if match and (int(match[1]), int(match[2])) < MIN_RELEASE:
+        oldest = ".".join(map(str, MIN_RELEASE))
+        raise KernelFeatureError(f"kernel {release} is too old: the engine needs {oldest} or newer "
+                                 "(task-local storage in tracing programs)")
 
 
 def require_bpf_and_btf() -> None:
@@ -196,6 +210,7 @@ def require_privileges() -> None:
 def prepare() -> None:
     """Everything the engine needs before compiling: checks, mounts, BCC_KERNEL_SOURCE."""
     require_privileges()
+    require_release()
     require_bpf_and_btf()
     ensure_tracing_mounts()
     try:

@@ -32,6 +32,17 @@ FILTERS = {
 }
 
 
+@pytest.mark.parametrize("release", ["5.10.0-28-amd64", "4.19.0", "5.12.19"])
+def test_kernels_before_5_13_are_refused_with_the_reason(release: str) -> None:
+    with pytest.raises(KernelFeatureError, match=f"kernel {release} is too old: .* 5.13 or newer"):
+        kernel.require_release(release)
+
+
+@pytest.mark.parametrize("release", ["5.13.0", "6.1.0-18-cloud-amd64", "6.18.44-fc-v669", "not-a-version"])
+def test_newer_or_unparsable_releases_pass(release: str) -> None:
+    kernel.require_release(release)
+
+
 def test_missing_tracepoint_is_a_kernel_feature_error() -> None:
     if not kernel.tracepoint_exists("net", "net_dev_xmit"):
         pytest.skip("tracefs is not mounted")
