@@ -74,6 +74,7 @@ BPF_ARRAY(rate, struct rate_window, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(wake, u64, 1);         /* events submitted on this CPU since the last wake-up */
 BPF_ARRAY(last_send, u64, 1);           /* when the process last entered a send call */
+BPF_ARRAY(target_dev, u64, 1);          /* the outer device's struct net_device, once seen */
 
 /* ---- pending packets ----
  * Packets seen at one end wait for the other end in a set-associative table: PENDING_SETS
@@ -301,12 +302,23 @@ static __always_inline u32 dev_netns(const u8 *dev)
     return inum;
 }
 
+/* Whether dev is the outer device. The first positive answer caches the device's address:
+ * from then on one comparison answers for every device, with no read of kernel memory. (The
+ * engine stops once the device is gone, so the address cannot come to mean another device.) */
 static __always_inline int is_target_dev(const u8 *dev)
 {
+    u32 zero = 0;
+    u64 *known = target_dev.lookup(&zero);
+    if (known && *known)
+        return (u64)dev == *known;
     int ifindex = 0;
     if (!dev || bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX))
         return 0;
-    return ifindex == DEV_IFINDEX && dev_netns(dev) == NETNS_INUM;
+    if (ifindex != DEV_IFINDEX || dev_netns(dev) != NETNS_INUM)
+        return 0;
+    if (known)
+        *known = (u64)dev;
+    return 1;
 }
 
 /* 0 if the TCP segment carries data (p->payload: its length, 0 if unknown), -1 if not. */
