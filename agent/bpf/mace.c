@@ -516,16 +516,16 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
 
 RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
+    const u8 *skb = (const u8 *)ctx->args[0];
+    const u8 *dev = (const u8 *)ctx->args[1];
+    if (!is_target_dev(dev))
+        return 0;
     /* Nothing can be pending unless the process sent within the expiry time: while it is idle,
-     * every packet on every device leaves after this one lookup. */
+     * every packet on the outer device leaves after one more lookup. */
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     u64 now = bpf_ktime_get_ns();
     if (!last || now - *last > TTL_NS)
-        return 0;
-    const u8 *skb = (const u8 *)ctx->args[0];
-    const u8 *dev = (const u8 *)ctx->args[1];
-    if (!is_target_dev(dev))
         return 0;
     struct tx_stash *stash = tx_stash.lookup(&zero);
     if (!stash)
