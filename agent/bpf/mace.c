@@ -112,16 +112,22 @@ static __always_inline int same_key(const struct corr_key *a, const struct corr_
     return diff == 0;
 }
 
-/* Defines, for a table <name> of <value_t> (whose first member is u64 ts), the way and set
- * types and, given the set a packet id hashes to (bcc needs the map lookups outside macros):
- *   <name>_find_in(set, hash, key, now): the way holding key, not expired (0: none);
- *   <name>_insert_in(set, hash, key, value): 0 if inserted, -1 if key is already pending. */
-#define PENDING_TABLE(name, value_t)                                                        \
+/* The way and set types of a table <name> of <value_t> (whose first member is u64 ts). */
+#define PENDING_TYPES(name, value_t)                                                        \
 struct name##_way { u64 hash; struct corr_key key; value_t value; };                        \
-struct name##_set { struct name##_way way[PENDING_WAYS]; };                                 \
-static __always_inline struct name##_way *name##_find_in(struct name##_set *set, u64 hash,  \
-                                                         const struct corr_key *key, u64 now) \
+struct name##_set { struct name##_way way[PENDING_WAYS]; };
+
+/* The operations on a table <name> of <value_t>, given <name>_set_of(hash) (bcc needs map
+ * lookups outside macros):
+ *   <name>_find(key, now): the way holding key, not expired (0: none);
+ *   <name>_insert(key, value): 0 if inserted, -1 if key is already pending. */
+#define PENDING_FUNCTIONS(name, value_t)                                                    \
+static __always_inline struct name##_way *name##_find(const struct corr_key *key, u64 now)  \
 {                                                                                           \
+    u64 hash = key_hash(key);                                                               \
+    struct name##_set *set = name##_set_of(hash);                                           \
+    if (!set)                                                                               \
+        return 0;                                                                           \
     _Pragma("unroll")                                                                       \
     for (int i = 0; i < PENDING_WAYS; i++) {                                                \
         struct name##_way *way = &set->way[i];                                              \
@@ -130,9 +136,12 @@ static __always_inline struct name##_way *name##_find_in(struct name##_set *set,
     }                                                                                       \
     return 0;                                                                               \
 }                                                                                           \
-static __always_inline int name##_insert_in(struct name##_set *set, u64 hash,               \
-                                            const struct corr_key *key, const value_t *value) \
+static __always_inline int name##_insert(const struct corr_key *key, const value_t *value)  \
 {                                                                                           \
+    u64 hash = key_hash(key);                                                               \
+    struct name##_set *set = name##_set_of(hash);                                           \
+    if (!set)                                                                               \
+        return -1;                                                                          \
     u32 victim = 0;                                                                         \
     u64 oldest = ~0ULL;                                                                     \
     _Pragma("unroll")                                                                       \
@@ -156,42 +165,25 @@ static __always_inline int name##_insert_in(struct name##_set *set, u64 hash,   
     return 0;                                                                               \
 }
 
-PENDING_TABLE(tx_pending, struct tx_val)
-PENDING_TABLE(rx_pending, struct rx_val)
+PENDING_TYPES(tx_pending, struct tx_val)
+PENDING_TYPES(rx_pending, struct rx_val)
 BPF_ARRAY(tx_pending, struct tx_pending_set, PENDING_SETS);
 BPF_ARRAY(rx_pending, struct rx_pending_set, PENDING_SETS);
 
-static __always_inline struct tx_pending_way *tx_pending_find(const struct corr_key *key, u64 now)
+static __always_inline struct tx_pending_set *tx_pending_set_of(u64 hash)
 {
-    u64 hash = key_hash(key);
     u32 index = hash % PENDING_SETS;
-    struct tx_pending_set *set = tx_pending.lookup(&index);
-    return set ? tx_pending_find_in(set, hash, key, now) : 0;
+    return tx_pending.lookup(&index);
 }
 
-static __always_inline int tx_pending_insert(const struct corr_key *key, const struct tx_val *value)
+static __always_inline struct rx_pending_set *rx_pending_set_of(u64 hash)
 {
-    u64 hash = key_hash(key);
     u32 index = hash % PENDING_SETS;
-    struct tx_pending_set *set = tx_pending.lookup(&index);
-    return set ? tx_pending_insert_in(set, hash, key, value) : -1;
+    return rx_pending.lookup(&index);
 }
 
-static __always_inline struct rx_pending_way *rx_pending_find(const struct corr_key *key, u64 now)
-{
-    u64 hash = key_hash(key);
-    u32 index = hash % PENDING_SETS;
-    struct rx_pending_set *set = rx_pending.lookup(&index);
-    return set ? rx_pending_find_in(set, hash, key, now) : 0;
-}
-
-static __always_inline int rx_pending_insert(const struct corr_key *key, const struct rx_val *value)
-{
-    u64 hash = key_hash(key);
-    u32 index = hash % PENDING_SETS;
-    struct rx_pending_set *set = rx_pending.lookup(&index);
-    return set ? rx_pending_insert_in(set, hash, key, value) : -1;
-}
+PENDING_FUNCTIONS(tx_pending, struct tx_val)
+PENDING_FUNCTIONS(rx_pending, struct rx_val)
 
 static __always_inline void count(u32 index, u64 n)
 {
@@ -610,9 +602,9 @@ static __always_inline struct rx_batch *rx_begin(void)
 
 /* A packet handed to the process: move it from pending to the thread's batch. Returns
  * -1 if it was not pending, else its next_seq. */
-static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key)
+static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key, u64 now)
 {
-    struct rx_pending_way *pending = rx_pending_find(key, bpf_ktime_get_ns());
+    struct rx_pending_way *pending = rx_pending_find(key, now);
     if (!pending)
         return -1;
     s64 next = pending->value.next_seq;
@@ -632,7 +624,7 @@ static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key)
 /* TCP merges segments queued on a socket into one skb, which keeps the first one's header:
  * take every pending segment the skb carries, [seq, seq + skb->len), in sequence order by
  * each entry's next_seq; after a partial read, resume where the thread stopped. */
-static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, struct corr_key *key)
+static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, struct corr_key *key, u64 now)
 {
     u32 len = 0;
     if (bpf_probe_read_kernel(&len, sizeof(len), skb + OFF_SKB_LEN))
@@ -641,7 +633,7 @@ static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, stru
     u32 at = seq;
     for (u32 i = 0; i < TCP_CHAIN; i++) {
         put_be32(key->b + TCP_SEQ_AT, at);
-        s64 next = rx_take(batch, key);
+        s64 next = rx_take(batch, key, now);
         if (next < 0) {
             if (i || !batch->resumable || batch->resume == seq || batch->resume - seq >= len)
                 break;
@@ -655,9 +647,9 @@ static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, stru
         at = (u32)next;
     }
 }
-#define TAKE_COPIED(batch, skb, key) tcp_take(batch, skb, key)
+#define TAKE_COPIED(batch, skb, key, now) tcp_take(batch, skb, key, now)
 #else
-#define TAKE_COPIED(batch, skb, key) rx_take(batch, key)
+#define TAKE_COPIED(batch, skb, key, now) rx_take(batch, key, now)
 #endif
 
 /* TCP, raw and ICMP sockets copy each packet through skb_copy_datagram_iter, which fires
@@ -675,7 +667,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
     const u8 *skb = (const u8 *)ctx->args[0];
     if (in_key(skb, &p, &key, 0))
         return 0;
-    TAKE_COPIED(batch, skb, &key);
+    TAKE_COPIED(batch, skb, &key, bpf_ktime_get_ns());
     return 0;
 }
 
@@ -791,7 +783,7 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
     batch->claimed = 0;
     if (batch->sk != ctx->args[0] || (int)ctx->args[1] < 0 || ((int)ctx->args[2] & MSG_PEEK_))
         return 0;
-    rx_take(batch, &batch->claim);
+    rx_take(batch, &batch->claim, bpf_ktime_get_ns());
     return 0;
 }
 #define WATCH_UDP(batch, fd) udp_watch(batch, fd)
