@@ -63,6 +63,31 @@ go_build() {
     log "built $out ($(du -h "$out" | cut -f1))"
 }
 
+# module_gomod MODULE VERSION  -- download MODULE@VERSION; print the path of its go.mod
+module_gomod() {
+    local gomod
+    gomod=$(cd "$CACHE" && go mod download -json "$1@$2" |
+        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
+    [[ -f $gomod ]] || die "could not locate go.mod of $1@$2 in the module cache"
+    printf '%s\n' "$gomod"
+}
+
+# go_directive GOMOD  -- the Go version a go.mod names (1.24.0 if none)
+go_directive() {
+    local gover
+    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$1" | head -n1)
+    printf '%s\n' "${gover:-1.24.0}"
+}
+
+# tool_module DIR NAME MODULE VERSION  -- a fresh throwaway module in DIR requiring MODULE@VERSION
+tool_module() {
+    local gomod
+    gomod=$(module_gomod "$3" "$4")
+    rm -rf "$1"
+    mkdir -p "$1"
+    printf 'module mace.local/%s\n\ngo %s\n\nrequire %s %s\n' "$2" "$(go_directive "$gomod")" "$3" "$4" >"$1/go.mod"
+}
+
 # ------------------------------------------------------ kube-apiserver/kubectl
 build_k8s() {
     [[ -x $KUBE_APISERVER && -x $KUBECTL ]] && { log "k8s $K8S_VERSION: cached in $K8S_DIR"; return; }
@@ -73,9 +98,7 @@ build_k8s() {
 
     log "k8s $K8S_VERSION: downloading k8s.io/kubernetes module (staging modules at $staging_ver)"
     local gomod
-    gomod=$(cd "$CACHE" && go mod download -json "k8s.io/kubernetes@$K8S_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
-    [[ -f $gomod ]] || die "could not locate go.mod of k8s.io/kubernetes@$K8S_VERSION in the module cache"
+    gomod=$(module_gomod k8s.io/kubernetes "$K8S_VERSION")
 
     # Staging modules = the `k8s.io/X => ./staging/src/k8s.io/X` replace lines.
     local -a staging
@@ -85,8 +108,7 @@ build_k8s() {
     ((${#staging[@]} > 0)) || die "no staging replace lines found in $gomod"
     log "k8s $K8S_VERSION: ${#staging[@]} staging modules"
 
-    local gover godebug
-    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$gomod" | head -n1)
+    local godebug
     godebug=$(grep -E '^godebug[[:space:]]' "$gomod" || true)
 
     local src="$K8S_DIR/src"
@@ -95,7 +117,7 @@ build_k8s() {
     {
         echo "module mace.local/k8s-tools"
         echo
-        echo "go ${gover:-1.24.0}"
+        echo "go $(go_directive "$gomod")"
         [[ -n $godebug ]] && printf '%s\n' "$godebug"
         echo
         echo "require k8s.io/kubernetes $K8S_VERSION"
@@ -130,17 +152,8 @@ build_helm() {
     [[ $HELM_VERSION =~ ^v3\. ]] || die "MACE_HELM_VERSION must be a v3 tag (got $HELM_VERSION)"
 
     log "helm $HELM_VERSION: downloading helm.sh/helm/v3 module"
-    local gomod gover
-    gomod=$(cd "$CACHE" && go mod download -json "helm.sh/helm/v3@$HELM_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
-    [[ -f $gomod ]] || die "could not locate go.mod of helm.sh/helm/v3@$HELM_VERSION"
-    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$gomod" | head -n1)
-
     local src="$HELM_DIR/src"
-    rm -rf "$src"
-    mkdir -p "$src"
-    printf 'module mace.local/helm-tools\n\ngo %s\n\nrequire helm.sh/helm/v3 %s\n' \
-        "${gover:-1.24.0}" "$HELM_VERSION" >"$src/go.mod"
+    tool_module "$src" helm-tools helm.sh/helm/v3 "$HELM_VERSION"
 
     cd "$src"
     timed "go build helm" go_build "$HELM" helm.sh/helm/v3/cmd/helm \
@@ -159,17 +172,8 @@ build_etcd() {
     [[ $ETCD_VERSION =~ ^v3\. ]] || die "MACE_ETCD_VERSION must be a v3 tag (got $ETCD_VERSION)"
 
     log "etcd $ETCD_VERSION: downloading go.etcd.io/etcd/server/v3 module"
-    local gomod gover
-    gomod=$(cd "$CACHE" && go mod download -json "go.etcd.io/etcd/server/v3@$ETCD_VERSION" |
-        sed -n 's/^[[:space:]]*"GoMod":[[:space:]]*"\(.*\)",\{0,1\}$/\1/p')
-    [[ -f $gomod ]] || die "could not locate go.mod of go.etcd.io/etcd/server/v3@$ETCD_VERSION"
-    gover=$(sed -n 's/^go[[:space:]]\{1,\}\([0-9.]*\)[[:space:]]*$/\1/p' "$gomod" | head -n1)
-
     local src="$ETCD_DIR/src"
-    rm -rf "$src"
-    mkdir -p "$src"
-    printf 'module mace.local/etcd-tools\n\ngo %s\n\nrequire go.etcd.io/etcd/server/v3 %s\n' \
-        "${gover:-1.24.0}" "$ETCD_VERSION" >"$src/go.mod"
+    tool_module "$src" etcd-tools go.etcd.io/etcd/server/v3 "$ETCD_VERSION"
     printf 'package main\n\nimport (\n\t"os"\n\n\t"go.etcd.io/etcd/server/v3/etcdmain"\n)\n\nfunc main() { etcdmain.Main(os.Args) }\n' \
         >"$src/main.go"
 
