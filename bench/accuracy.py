@@ -109,6 +109,13 @@ def summary(errors_ns: Sequence[float], rng: random.Random) -> Record:
     }
 
 
+def udp_client(t: Topology, ns: str, probes: int, rate: float, seq_base: int, *extra: str) -> TrafficProcess:
+    """The lab's UDP client in ``ns`` (gated), sending ``probes`` requests to the remote's echo server."""
+    return TrafficProcess(t, ns, "udp-client", "--dest", t.remote.ipv4, "--port", str(PORT),
+                          "--count", str(probes), "--rate", f"{rate:g}", "--seq-base", str(seq_base), *extra,
+                          gated=True)
+
+
 def ingress_vs_sleep(
     t: Topology, capture: TrafficProcess, sleeps_ms: Sequence[float], probes: int, rng: random.Random
 ) -> Record:
@@ -116,24 +123,7 @@ def ingress_vs_sleep(
     for i, sleep_ms in enumerate(sleeps_ms):
         base = (i + 1) * 1_000_000
         since = time.time_ns()
-        client = TrafficProcess(
-            t,
-            t.pod.ns,
-            "udp-client",
-            "--dest",
-            t.remote.ipv4,
-            "--port",
-            str(PORT),
-            "--count",
-            str(probes),
-            "--rate",
-            "10",
-            "--sleep-ms",
-            f"{sleep_ms:g}",
-            "--seq-base",
-            str(base),
-            gated=True,
-        )
+        client = udp_client(t, t.pod.ns, probes, 10, base, "--sleep-ms", f"{sleep_ms:g}")
         requests, _, inbound = measured(t, client, "in", probes)
         arrived = wait_frames(capture, False, since, len(requests))
         vs_nominal, vs_device, latencies = [], [], []
@@ -167,30 +157,9 @@ def egress_vs_tbf(
             drain_ns = (queued - TBF.burst_bytes) * 8 * 1_000_000_000 // TBF.rate_bps
             # Rounds far enough apart for the backlog to drain and the bucket to refill in between.
             rate = min(10.0, 1e9 / (2 * drain_ns + 20_000_000))
-            client = TrafficProcess(
-                t,
-                t.pod.ns,
-                "udp-client",
-                "--dest",
-                t.remote.ipv4,
-                "--port",
-                str(PORT),
-                "--count",
-                str(probes),
-                "--rate",
-                f"{rate:.2f}",
-                "--payload",
-                "64",
-                "--filler-count",
-                str(count),
-                "--filler-bytes",
-                "1000",
-                "--filler-port",
-                str(SINK_PORT),
-                "--seq-base",
-                str(base),
-                gated=True,
-            )
+            client = udp_client(t, t.pod.ns, probes, round(rate, 2), base, "--payload", "64",
+                                "--filler-count", str(count), "--filler-bytes", "1000",
+                                "--filler-port", str(SINK_PORT))
             requests, outbound, _ = measured(t, client, "out", probes)
             left = wait_frames(capture, True, since, len(requests))
             starts = sorted(
@@ -251,15 +220,9 @@ def paper_method(
             run += 1
             load = start_load(t, condition)
             try:
-                common = ["--dest", t.remote.ipv4, "--port", str(PORT), "--count", str(probes)]
-                common += ["--rate", f"{rate:g}", "--timeout", "1"]
                 base = run * 100_000_000
-                client = TrafficProcess(
-                    t, t.pod.ns, "udp-client", *common, "--seq-base", str(base), gated=True
-                )
-                node = TrafficProcess(
-                    t, t.node, "udp-client", *common, "--seq-base", str(base + 50_000_000), gated=True
-                )
+                client = udp_client(t, t.pod.ns, probes, rate, base, "--timeout", "1")
+                node = udp_client(t, t.node, probes, rate, base + 50_000_000, "--timeout", "1")
                 if mode == "stream":
                     requests, outbound, inbound = measured(t, client, "in", probes, others=[node])
                     summary_ = None

@@ -16,14 +16,19 @@ SEQ_BASE = 0x4D41_4345_0000_0001
 ADDRESS_FIELDS = {"ipv4": ("ip_src_addr", "ip_dst_addr"), "ipv6": ("ip6_src_addr", "ip6_dst_addr")}
 
 
+def echo_and_client(t: Topology, dest: str, count: int, rate: float) -> TrafficProcess:
+    """An echo server in the remote namespace and a gated client in the pod sending ``count`` requests."""
+    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
+    return TrafficProcess(t, t.pod.ns, "udp-client", "--dest", dest, "--port", str(PORT),
+                          "--count", str(count), "--rate", str(rate), "--seq-base", str(SEQ_BASE), gated=True)
+
+
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
 def test_udp_requests_and_replies_are_measured(topology: Topology, family: str) -> None:
     t = topology
     dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
     src_field, dst_field = ADDRESS_FIELDS[family]
-    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
-    client = TrafficProcess(t, t.pod.ns, "udp-client", "--dest", dest, "--port", str(PORT),
-                            "--count", str(COUNT), "--rate", "50", "--seq-base", str(SEQ_BASE), gated=True)
+    client = echo_and_client(t, dest, COUNT, 50)
     text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"],
                        ["udp_payload", "udp_dst_port", dst_field],
                        in_info=["udp_payload", "udp_src_port", src_field])
@@ -55,10 +60,7 @@ def test_sends_after_idle_spells_longer_than_the_ttl_are_measured(topology: Topo
     must reopen them in time for its own packet."""
     t = topology
     count, ttl_s = 4, 0.2
-    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
-    client = TrafficProcess(t, t.pod.ns, "udp-client", "--dest", t.remote.ipv4, "--port", str(PORT),
-                            "--count", str(count), "--rate", str(1 / (3 * ttl_s)), "--seq-base",
-                            str(SEQ_BASE), gated=True)
+    client = echo_and_client(t, t.remote.ipv4, count, 1 / (3 * ttl_s))
     text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"], ["udp_payload"])
     agent = AgentProcess(t, t.node, text, extra_args=["--ttl", str(ttl_s)])
     agent.wait_attached()
