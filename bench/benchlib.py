@@ -279,10 +279,10 @@ class Samples(Child):
             return [s for s in self.samples if start <= s[index] < end]
 
 
-def udp_rr_binary() -> Path:
-    """``bench/udp_rr.c`` compiled (once per change of the source) into ``bench/results/``."""
-    source = BENCH / "udp_rr.c"
-    binary = RESULTS / "udp_rr"
+def c_binary(name: str) -> Path:
+    """``bench/<name>.c`` compiled (once per change of the source) into ``bench/results/<name>``."""
+    source = BENCH / f"{name}.c"
+    binary = RESULTS / name
     if binary.exists() and binary.stat().st_mtime >= source.stat().st_mtime:
         return binary
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -290,10 +290,15 @@ def udp_rr_binary() -> Path:
         subprocess.run(["cc", "-O2", "-Wall", "-Werror", "-o", str(binary), str(source)], check=True,
                        capture_output=True, text=True)
     except FileNotFoundError:
-        sys.exit("bench: needs a C compiler for bench/udp_rr.c (sudo scripts/dev setup installs gcc)")
+        sys.exit(f"bench: needs a C compiler for bench/{name}.c (sudo scripts/dev setup installs gcc)")
     except subprocess.CalledProcessError as error:
-        sys.exit(f"bench: cannot compile bench/udp_rr.c:\n{error.stderr}")
+        sys.exit(f"bench: cannot compile bench/{name}.c:\n{error.stderr}")
     return binary
+
+
+def udp_rr_binary() -> Path:
+    """The UDP request/response client and echo server (``bench/udp_rr.c``)."""
+    return c_binary("udp_rr")
 
 
 def idle_process(topology: Topology, ns: str) -> subprocess.Popen[Any]:

@@ -8,7 +8,9 @@ One JSON command per line on stdin, one JSON reply per line on stdout (``{"ok": 
 ``{"op": "load", "name": N, "kind": KIND, "filter": TEXT}``
     empty: programs whose bodies return 0, on every hook the engine uses for TEXT, of the same
     kinds (tracepoints for system calls, raw tracepoints for the rest); empty-syscalls and
-    empty-net: the same on only the system-call hooks, or only the others; engine: the engine
+    empty-net: the same on only the system-call hooks, or only the others; empty-rawsys: raw
+    tracepoints on every system call's entry and exit instead of the system-call hooks (an
+    experiment, not an engine design: see docs/benchmarks.md); engine: the engine
     itself (:class:`mace_agent.engine.Engine`) for TEXT. Loaded detached; replies ``seconds``.
 ``{"op": "attach", "name": N, "stream": bool}``
     Attach N; an engine also gets its output mode and a reader thread running the CLI's loop
@@ -35,15 +37,17 @@ from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
 
 from mace.grammar import parse
+from mace.models import ProtocolFilter
 
 Record = dict[str, Any]
 POLL_S = 0.2
-EMPTY_KINDS: dict[str, Callable[[bool], bool]] = {
-    "empty": lambda syscall: True,
-    "empty-syscalls": lambda syscall: syscall,
-    "empty-net": lambda syscall: not syscall,
+EMPTY_KINDS: dict[str, Callable[[ProtocolFilter], tuple[str, ...]]] = {
+    "empty": lambda flt: codegen.tracepoints(flt),
+    "empty-syscalls": lambda flt: tuple(h for h in codegen.tracepoints(flt) if h.startswith("syscalls:")),
+    "empty-net": lambda flt: tuple(h for h in codegen.tracepoints(flt) if not h.startswith("syscalls:")),
+    "empty-rawsys": lambda flt: ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit"),
 }
-"""Which of the engine's hooks each kind of empty program set takes (by: is it a system-call hook)."""
+"""The hooks each kind of empty program set takes, given the filter."""
 
 
 def empty_program(hooks: tuple[str, ...]) -> str:
@@ -113,9 +117,7 @@ class Loaded:
             kernel.prepare()
             from bcc import BPF
 
-            wanted = EMPTY_KINDS[kind]
-            hooks = tuple(h for h in codegen.tracepoints(flt) if wanted(h.startswith("syscalls:")))
-            self.programs = Programs(BPF(text=empty_program(hooks).encode()))
+            self.programs = Programs(BPF(text=empty_program(EMPTY_KINDS[kind](flt)).encode()))
         elif kind == "engine":
             self.engine = Engine(flt, EngineConfig(stream=False))
             self.engine.start()

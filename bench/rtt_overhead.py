@@ -60,7 +60,7 @@ from mace_agent.lab.processes import Child, filter_text
 from mace_agent.lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "match-stream", "match-hist")
-EXPERIMENTS = ("empty-syscalls", "empty-net")
+EXPERIMENTS = ("empty-syscalls", "empty-net", "empty-rawsys")
 PROGRAMS = {
     # configuration: (program set, hookctl kind, whose PID the filter names, stream on)
     "empty": ("empty", "empty", "client", False),
@@ -69,6 +69,7 @@ PROGRAMS = {
     "match-hist": ("match", "engine", "client", False),
     "empty-syscalls": ("empty-syscalls", "empty-syscalls", "client", False),
     "empty-net": ("empty-net", "empty-net", "client", False),
+    "empty-rawsys": ("empty-rawsys", "empty-rawsys", "client", False),
 }
 PORT = 7101
 GUARD_S = 0.1
@@ -325,6 +326,7 @@ def main() -> int:
         action="store_true",
         help="also run experiments: empty programs on only the system-call hooks, or only the others",
     )
+    parser.add_argument("--configs", default="", help="comma-separated configurations to run instead")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--out", type=Path, default=RESULTS / "rtt_overhead.json")
     parser.add_argument("--plot", type=Path, default=IMAGES / "rtt_overhead.svg")
@@ -343,6 +345,8 @@ def main() -> int:
     began = time.monotonic()
     info = machine() | {"tracing_programs_before": tracing_programs()}
     configs = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
+    if args.configs:
+        configs = ("none", *(c for c in args.configs.split(",") if c and c != "none"))
     results: dict[str, Record] = {}
     with Topology(prefix=f"mace-tb{random.randrange(1 << 16):04x}") as t:
         server = Child(t, t.remote.ns, [str(udp_rr_binary()), "server", str(PORT)])
