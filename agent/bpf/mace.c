@@ -19,6 +19,8 @@
  *             ICMP) or, for UDP, the socket queue's datagram confirmed by sock_recv_length
  *             (move to the thread's batch) -> sys_exit_recvmsg/recvfrom (latency per packet).
  *          TCP segments merged on the socket are followed by sequence number (tcp_take).
+ * On the outer device a VXLAN packet is read from the headers it encapsulates (an overlay
+ * network's pod traffic); VXLAN is 0 when no VXLAN port is configured.
  */
 
 #define NSEC_PER_SEC 1000000000ULL
@@ -333,9 +335,11 @@ static __always_inline int tcp_payload(struct pkt *p, u32 ip_total, u32 ip_heade
 }
 
 /* Read the first bytes from the network header: PKT_HDR_BYTES, or at least the fixed header
- * (a packet ending close to an unmapped page). 0 on success. */
+ * (a packet ending close to an unmapped page). 0 on success, also when they were read before. */
 static __always_inline int read_header(struct pkt *p, u32 fixed)
 {
+    if (p->hdr_len >= fixed)
+        return 0;
     if (bpf_probe_read_kernel(p->hdr, PKT_HDR_BYTES, p->l3) == 0) {
         p->hdr_len = PKT_HDR_BYTES;
         return 0;
@@ -394,10 +398,53 @@ static __always_inline void put_be32(u8 *b, u32 v)
     b[3] = v;
 }
 
-/* Locate the headers of an skb. at_rx_device: in netif_receive_skb, where skb->data is the
- * network header and network_header is not yet set; elsewhere network_header is valid. */
-static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, int l4proto,
-                                     int at_rx_device)
+/* Where parse_skb is called from. */
+#define AT_RX_DEVICE 1  /* netif_receive_skb: skb->data is the network header, network_header unset */
+#define AT_OUTER 2      /* the outer device, where a pod's packet may be VXLAN-encapsulated */
+
+#if VXLAN
+/* If the packet is VXLAN (UDP to a port VXLAN_PORT() names, the I flag set), point p->l2 and
+ * p->l3 at the encapsulated Ethernet and network headers and return their EtherType (the
+ * header bytes are then read again there); else return 0 and leave p as it was. */
+static __always_inline u16 vxlan_inner(struct pkt *p, u16 proto)
+{
+    const u8 *ip = p->hdr;
+    u32 h;
+    if (proto == ETH_P_IP) {
+        if (read_header(p, 20) || (ip[0] >> 4) != 4 || ip[9] != IPPROTO_UDP_ || ((ip[6] & 0x3f) | ip[7]))
+            return 0;  /* not UDP, or a fragment */
+        h = (ip[0] & 0xf) * 4;
+    } else if (proto == ETH_P_IPV6) {
+        if (read_header(p, 40) || (ip[0] >> 4) != 6 || ip[6] != IPPROTO_UDP_)
+            return 0;
+        h = 40;
+    } else {
+        return 0;
+    }
+    /* UDP (8 bytes), VXLAN (8), Ethernet (14), maybe one VLAN tag (4) */
+    u8 tail[34];
+    if (h == 20 && p->hdr_len >= 20 + sizeof(tail))
+        __builtin_memcpy(tail, p->hdr + 20, sizeof(tail));
+    else if (bpf_probe_read_kernel(tail, sizeof(tail), p->l3 + h))
+        return 0;
+    if (!VXLAN_PORT(((u16)tail[2] << 8) | tail[3]) || !(tail[8] & 0x08))
+        return 0;
+    u16 type = ((u16)tail[28] << 8) | tail[29];
+    u32 inner = h + 30;
+    if (type == 0x8100) {
+        type = ((u16)tail[32] << 8) | tail[33];
+        inner += 4;
+    }
+    p->l2 = p->l3 + h + 16;
+    p->l3 += inner;
+    p->hdr_len = 0;
+    return type;
+}
+#endif
+
+/* Locate the headers of an skb (at: AT_* flags). Outside netif_receive_skb network_header is
+ * valid. */
+static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, int l4proto, int at)
 {
     u8 span[SKB_SPAN_LEN];
     u64 head, data;
@@ -412,29 +459,37 @@ static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, i
     if (!head)
         return -1;
     p->l2 = mac == 0xffff ? 0 : (const u8 *)head + mac;
-    if (at_rx_device)
+    if (at & AT_RX_DEVICE)
         p->l3 = (const u8 *)data;
     else if (network == 0xffff)
         return -1;
     else
         p->l3 = (const u8 *)head + network;
     u16 proto = (u16)((proto_be & 0xff) << 8) | (proto_be >> 8);
+#if VXLAN
+    if (at & AT_OUTER) {
+        u16 inner = vxlan_inner(p, proto);
+        if (inner)
+            proto = inner;
+    }
+#endif
     return parse_l3(p, proto, family, l4proto);
 }
 
 /* ---- generated field copies ---- */
 
-/* Parse an skb and pack the flow spec's corr fields into key (zeroed first): 0 on success. */
-static __always_inline int out_key(const u8 *skb, struct pkt *p, struct corr_key *key)
+/* Parse an skb (at: AT_* flags) and pack the flow spec's corr fields into key (zeroed first):
+ * 0 on success. */
+static __always_inline int out_key(const u8 *skb, struct pkt *p, struct corr_key *key, int at)
 {
     __builtin_memset(key, 0, sizeof(*key));
-    return parse_skb(skb, p, OUT_FAMILY, OUT_L4PROTO, 0) || out_corr(p, key->b);
+    return parse_skb(skb, p, OUT_FAMILY, OUT_L4PROTO, at) || out_corr(p, key->b);
 }
 
-static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key *key, int at_rx_device)
+static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key *key, int at)
 {
     __builtin_memset(key, 0, sizeof(*key));
-    return parse_skb(skb, p, IN_FAMILY, IN_L4PROTO, at_rx_device) || in_corr(p, key->b);
+    return parse_skb(skb, p, IN_FAMILY, IN_L4PROTO, at) || in_corr(p, key->b);
 }
 
 /* ---- egress ---- */
@@ -496,7 +551,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
         return 0;
     struct pkt p = {};
     struct corr_key key;
-    if (out_key(skb, &p, &key))
+    if (out_key(skb, &p, &key, 0))
         return 0;
     struct tx_val value = {.ts = call->start, .tid = tid};
     /* Refused when already pending: the packet is queued again on later devices in the same
@@ -524,7 +579,7 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
         return 0;
     stash->skb = 0;
     struct pkt p = {};
-    if (out_key(skb, &p, &stash->key))
+    if (out_key(skb, &p, &stash->key, AT_OUTER))
         return 0;
     struct tx_pending_way *pending = tx_pending_find(&stash->key, now);
     if (!pending)
@@ -568,7 +623,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
         return 0;
     struct pkt p = {};
     struct corr_key key;
-    if (in_key(skb, &p, &key, 1))
+    if (in_key(skb, &p, &key, AT_RX_DEVICE | AT_OUTER))
         return 0;
     struct rx_val value = {};
     value.ts = bpf_ktime_get_ns();

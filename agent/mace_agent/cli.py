@@ -52,8 +52,18 @@ def _parser() -> argparse.ArgumentParser:
                      help="capacity of each pending-packet map")
     run.add_argument("--ttl", type=float, default=defaults.ttl_s,
                      help="seconds after which an unmatched packet is expired")
+    run.add_argument("--vxlan-ports", type=_ports, default=defaults.vxlan_ports, metavar="PORT,...",
+                     help="UDP ports read as VXLAN on the outer device (default: "
+                     f"{','.join(map(str, defaults.vxlan_ports))}; '' for none)")
     register(commands)
     return parser
+
+
+def _ports(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
 
 
 class _Stop:
@@ -138,7 +148,7 @@ def _run(args: argparse.Namespace) -> int:
             print(f"mace-agent: invalid filter: {problem}", file=sys.stderr)
         return EXIT_BAD_INPUT
     config = EngineConfig(map_entries=args.map_entries, rate_limit=args.rate_limit,
-                          stream=not args.no_stream, ttl_s=args.ttl)
+                          stream=not args.no_stream, ttl_s=args.ttl, vxlan_ports=args.vxlan_ports)
     mistakes = config.problems()
     if args.duration is not None and not args.duration > 0:
         mistakes.append("duration must be positive")

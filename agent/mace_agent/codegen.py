@@ -243,6 +243,11 @@ class Namespaces:
     process: int
 
 
+def vxlan_test(ports: tuple[int, ...]) -> str:
+    """The C expression behind ``VXLAN_PORT(port)``: whether a UDP destination port is VXLAN's."""
+    return "(" + (" || ".join(f"(port) == {p}" for p in sorted(set(ports))) or "0") + ")"
+
+
 def wake_every(flt: ProtocolFilter, config: EngineConfig) -> int:
     """Events a CPU submits before it wakes the reader: together the CPUs fill at most a quarter
     of the ring buffer between wake-ups (a record is the event plus an 8-byte header)."""
@@ -276,6 +281,8 @@ def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, conf
     defines["UDP_CLAIM"] = int(udp_claim(flt))
     defines["TCP_SEQ_AT"] = tcp_seq_offset(flt)
     defines["TCP_CHAIN"] = TCP_CHAIN
+    defines["VXLAN"] = int(bool(config.vxlan_ports))
+    defines["VXLAN_PORT(port)"] = vxlan_test(config.vxlan_ports)
     defines |= {f"C_{name.upper()}": i for i, name in enumerate(COUNTERS)}
     parts = [f"#define {name} {value}" for name, value in defines.items()]
     return "\n".join(parts) + "\n"

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 MAX_MAP_ENTRIES = 1 << 20
 MAX_RINGBUF_PAGES = 4096
+MAX_VXLAN_PORTS = 8
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,9 @@ class EngineConfig:
         state is task-local storage, one entry per thread of the process).
     ringbuf_pages: ring buffer size in pages (a power of two).
     exact_values: latencies per direction kept in user space for exact percentiles.
+    vxlan_ports: UDP ports whose packets on the outer device are read as VXLAN, from the pod's
+        packet they encapsulate (4789: IANA's; 8472: Linux's default, used by Flannel); empty:
+        no overlay parsing.
     """
 
     map_entries: int = 4096
@@ -30,6 +34,7 @@ class EngineConfig:
     thread_entries: int = 1024
     ringbuf_pages: int = 64
     exact_values: int = 100_000
+    vxlan_ports: tuple[int, ...] = (4789, 8472)
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when usable)."""
@@ -47,4 +52,6 @@ class EngineConfig:
             problems.append(f"ring buffer pages must be a power of two up to {MAX_RINGBUF_PAGES}")
         if self.exact_values < 0:
             problems.append("exact values must be 0 or positive")
+        if len(self.vxlan_ports) > MAX_VXLAN_PORTS or not all(0 < p < 65536 for p in self.vxlan_ports):
+            problems.append(f"VXLAN ports must be at most {MAX_VXLAN_PORTS} ports between 1 and 65535")
         return problems

@@ -132,6 +132,19 @@ def test_config_problems() -> None:
     assert EngineConfig().problems() == []
     bad = EngineConfig(map_entries=0, rate_limit=-1, ttl_s=0, ringbuf_pages=3)
     assert len(bad.problems()) == 4
+    assert EngineConfig(vxlan_ports=()).problems() == []
+    assert EngineConfig(vxlan_ports=(0,)).problems() != []
+    assert EngineConfig(vxlan_ports=tuple(range(1000, 1009))).problems() != []  # more than 8
+
+
+def test_vxlan_ports_become_one_c_test() -> None:
+    flt = parse(PING)
+    text = codegen.prelude(flt, OFFSETS, codegen.Namespaces(1, 2), EngineConfig(vxlan_ports=(8472, 4789, 8472)))
+    assert "#define VXLAN 1\n" in text
+    assert "#define VXLAN_PORT(port) ((port) == 4789 || (port) == 8472)\n" in text
+    text = codegen.prelude(flt, OFFSETS, codegen.Namespaces(1, 2), EngineConfig(vxlan_ports=()))
+    assert "#define VXLAN 0\n" in text
+    assert "#define VXLAN_PORT(port) (0)\n" in text
 
 
 def test_tcp_chain_needs_tcp_seq_in_the_ingress_packet_id() -> None:

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import re
-
 import pytest
 from mace_agent.lab.events import info_values, shape_problems
 from mace_agent.lab.processes import AgentProcess, Child, filter_text
 from mace_agent.lab.procfs import sockets
 from mace_agent.lab.topology import Topology
+from pinging import ping_argv, replied_seqs
 
 pytestmark = pytest.mark.ebpf
 
@@ -16,16 +15,6 @@ COUNT = 12
 FIELDS = {"ipv4": ("icmp_seq", "icmp_type", 8, 0), "ipv6": ("icmp6_seq", "icmp6_type", 128, 129)}
 SOCKET_TABLE = {("raw", "ipv4"): "raw", ("raw", "ipv6"): "raw6",
                 ("datagram", "ipv4"): "icmp", ("datagram", "ipv6"): "icmp6"}
-
-
-def ping_argv(family: str, dest: str, count: int, interval: str = "0.05") -> list[str]:
-    return ["ping", "-4" if family == "ipv4" else "-6", "-n", "-i", interval, "-c", str(count), dest]
-
-
-def replied_seqs(ping: Child) -> list[int]:
-    """The icmp_seq values of the replies ping printed."""
-    return [int(m.group(1)) for line in ping.snapshot()
-            if isinstance(line, str) and (m := re.search(r"icmp_seq=(\d+)", line))]
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])

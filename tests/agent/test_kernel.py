@@ -158,6 +158,16 @@ def test_cli_invalid_filter_exits_2() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(("ports", "message"), [("4789,vx", "not a comma-separated list of ports"),
+                                              ("4789,70000", "VXLAN ports must be")])
+def test_cli_bad_vxlan_ports_exit_2(ports: str, message: str) -> None:
+    done = _agent("run", "--vxlan-ports", ports, "--filter",
+                  "dev-id: 1 proc-id: 1 in: corr: icmp_seq info: out: corr: icmp_seq info:")
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 @pytest.mark.ebpf
 def test_cli_missing_process_exits_2() -> None:
     done = _agent("run", "--filter",

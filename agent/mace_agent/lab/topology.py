@@ -8,10 +8,14 @@ Layout (``P`` is the prefix, unique per topology)::
                                  (forwarding on, v4 and v6)
 
 Every pod reaches every remote through the node's ``uplink<i>`` (the "outer device"); remotes route the
-pod subnet back. Devices are created directly inside their namespaces, and only the namespaces made here
-are touched: the root namespace's addresses and routes are never changed. ``close()`` (or leaving the
-``with`` block) kills the processes started through :meth:`Topology.popen` and deletes every namespace,
-also after a failure half-way through building.
+pod subnet back. With ``vxlan_port`` the pods reach each remote over a VXLAN overlay instead, as on a
+cluster whose CNI tunnels pod traffic: the node's ``vxlan<i>`` (10.214.<i>.1, fd00:214:<i>::1) and the
+remote's ``vxlan0`` (10.214.<i>.2, fd00:214:<i>::2) encapsulate it in UDP to that port between the
+uplink addresses, so the outer device carries only encapsulated pod packets; pods get an MTU of 1450.
+Devices are created directly inside their namespaces, and only the namespaces made here are touched:
+the root namespace's addresses and routes are never changed. ``close()`` (or leaving the ``with``
+block) kills the processes started through :meth:`Topology.popen` and deletes every namespace, also
+after a failure half-way through building.
 """
 
 from __future__ import annotations
@@ -65,6 +69,7 @@ class Remote:
     """The outer device's ifindex in the node namespace (the filter's dev-id)."""
     node_ipv4: str
     node_ipv6: str
+    """The node's addresses facing this remote (its overlay addresses with ``vxlan_port``)."""
 
 
 @dataclass(frozen=True)
@@ -111,11 +116,12 @@ class Topology:
     ``pods`` pod namespaces share the node's bridge; ``remotes`` remote namespaces each hang off their
     own uplink (``uplink0``, ``uplink1``, ...). ``tbf`` puts a TBF root qdisc on ``uplink0``.
     ``verify`` pings every remote from every pod (v4 and v6) before returning, so neighbour
-    entries are resolved and the path is known to work.
+    entries are resolved and the path is known to work. ``vxlan_port`` puts the remotes behind a
+    VXLAN overlay on that UDP port (see the module's description).
     """
 
     def __init__(self, pods: int = 1, remotes: int = 1, prefix: str | None = None,
-                 tbf: Tbf | None = None, verify: bool = True) -> None:
+                 tbf: Tbf | None = None, verify: bool = True, vxlan_port: int | None = None) -> None:
         if not 1 <= pods <= 50 or not 1 <= remotes <= 50:
             raise ValueError("pods and remotes must be between 1 and 50")
         self.prefix = prefix if prefix is not None else f"mace-t{os.getpid()}-{next(_COUNTER)}"
@@ -127,6 +133,7 @@ class Topology:
         self._namespaces: list[str] = []
         self._procs: list[subprocess.Popen[Any]] = []
         self._closed = False
+        self.vxlan_port = vxlan_port
         try:
             self._build(pods, remotes, tbf)
             if verify:
@@ -168,6 +175,8 @@ class Topology:
         _run(["ip", "-n", self.node, "link", "set", pod.host_veth, "master", BRIDGE, "up"])
         _run(["ip", "-n", pod.ns, "addr", "add", f"{pod.ipv4}/24", "dev", "eth0"])
         _run(["ip", "-n", pod.ns, "addr", "add", f"{pod.ipv6}/64", "dev", "eth0", "nodad"])
+        if self.vxlan_port is not None:
+            _run(["ip", "-n", pod.ns, "link", "set", "eth0", "mtu", "1450"])
         _run(["ip", "-n", pod.ns, "link", "set", "eth0", "up"])
         _run(["ip", "-n", pod.ns, "route", "add", "default", "via", f"{POD_NET4}.1"])
         _run(["ip", "-n", pod.ns, "-6", "route", "add", "default", "via", f"{POD_NET6}::1"])
@@ -185,11 +194,24 @@ class Topology:
         _run(["ip", "-n", ns, "addr", "add", f"{net4}.2/24", "dev", "eth0"])
         _run(["ip", "-n", ns, "addr", "add", f"{net6}:2/64", "dev", "eth0", "nodad"])
         _run(["ip", "-n", ns, "link", "set", "eth0", "up"])
+        if self.vxlan_port is not None:
+            ns_dev = "vxlan0"
+            self._add_vxlan(self.node, f"vxlan{i}", 100 + i, f"{net4}.1", f"{net4}.2", uplink)
+            self._add_vxlan(ns, ns_dev, 100 + i, f"{net4}.2", f"{net4}.1", "eth0")
+            net4, net6 = f"10.214.{i}", f"fd00:214:{i:x}:"
+            for where, dev, host in ((self.node, f"vxlan{i}", 1), (ns, ns_dev, 2)):
+                _run(["ip", "-n", where, "addr", "add", f"{net4}.{host}/24", "dev", dev])
+                _run(["ip", "-n", where, "addr", "add", f"{net6}:{host}/64", "dev", dev, "nodad"])
+                _run(["ip", "-n", where, "link", "set", dev, "up"])
         _run(["ip", "-n", ns, "route", "add", f"{POD_NET4}.0/24", "via", f"{net4}.1"])
         _run(["ip", "-n", ns, "-6", "route", "add", f"{POD_NET6}::/64", "via", f"{net6}:1"])
         return Remote(ns=ns, ipv4=f"{net4}.2", ipv6=_canonical6(f"{net6}:2"), uplink=uplink,
                       uplink_ifindex=self.ifindex(self.node, uplink),
                       node_ipv4=f"{net4}.1", node_ipv6=_canonical6(f"{net6}:1"))
+
+    def _add_vxlan(self, ns: str, dev: str, vni: int, local: str, remote: str, lower: str) -> None:
+        _run(["ip", "-n", ns, "link", "add", dev, "type", "vxlan", "id", str(vni), "local", local,
+              "remote", remote, "dstport", str(self.vxlan_port), "dev", lower])
 
     def verify(self, timeout: float = 10.0) -> None:
         """Wait until every pod answers pings to every remote, v4 and v6; raise if one never does."""
