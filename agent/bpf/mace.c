@@ -10,7 +10,8 @@
  *
  * No kernel struct layout from headers is used: every kernel object is read at BTF offsets.
  *
- * Egress:  sys_enter_sendto/sendmsg (the thread's start time, task-local)
+ * Egress:  sys_enter_sendto/sendmsg/sendmmsg (the thread's start time, task-local; every packet
+ *          of a sendmmsg call starts when the call does)
  *          -> net_dev_queue in that task's context (packet id -> start time)
  *          -> net_dev_start_xmit on the device (look up, stash per CPU)
  *          -> net_dev_xmit with rc == 0 (latency).
@@ -528,6 +529,8 @@ TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return tx_begin(); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return tx_begin(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return tx_end(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return tx_end(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return tx_begin(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return tx_end(); }
 
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {

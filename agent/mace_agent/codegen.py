@@ -108,8 +108,8 @@ def tcp_seq_offset(flt: ProtocolFilter) -> int:
 
 def tracepoints(flt: ProtocolFilter) -> tuple[str, ...]:
     """The ``category:event`` tracepoints the program for ``flt`` attaches to."""
-    names = [f"syscalls:sys_{edge}_{call}" for call in ("sendto", "sendmsg", "recvfrom", "recvmsg")
-             for edge in ("enter", "exit")]
+    calls = ("sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg")
+    names = [f"syscalls:sys_{edge}_{call}" for call in calls for edge in ("enter", "exit")]
     names += ["net:net_dev_queue", "net:net_dev_start_xmit", "net:net_dev_xmit", "net:netif_receive_skb",
               "skb:skb_copy_datagram_iovec"]
     if udp_claim(flt):

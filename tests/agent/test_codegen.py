@@ -138,11 +138,11 @@ def test_config_problems() -> None:
 
 
 def test_vxlan_ports_become_one_c_test() -> None:
-    flt = parse(PING)
-    text = codegen.prelude(flt, OFFSETS, codegen.Namespaces(1, 2), EngineConfig(vxlan_ports=(8472, 4789, 8472)))
+    flt, netns = parse(PING), codegen.Namespaces(1, 2)
+    text = codegen.prelude(flt, OFFSETS, netns, EngineConfig(vxlan_ports=(8472, 4789, 8472)))
     assert "#define VXLAN 1\n" in text
     assert "#define VXLAN_PORT(port) ((port) == 4789 || (port) == 8472)\n" in text
-    text = codegen.prelude(flt, OFFSETS, codegen.Namespaces(1, 2), EngineConfig(vxlan_ports=()))
+    text = codegen.prelude(flt, OFFSETS, netns, EngineConfig(vxlan_ports=()))
     assert "#define VXLAN 0\n" in text
     assert "#define VXLAN_PORT(port) (0)\n" in text
 

@@ -71,3 +71,37 @@ def test_sends_after_idle_spells_longer_than_the_ttl_are_measured(topology: Topo
     summary = agent.stop()
     assert sorted(info_values(agent.events_of("out"), "udp_payload")) == [r["seq"] for r in requests]
     assert summary["out"]["count"] == count
+
+
+def test_requests_sent_together_with_sendmmsg_are_each_measured(topology: Topology) -> None:
+    """glibc's resolver sends its A and AAAA queries in one sendmmsg call: each datagram is measured
+    from the call's start."""
+    t = topology
+    rounds, batch = 8, 2
+    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
+    client = TrafficProcess(t, t.pod.ns, "udp-batch-client", "--dest", t.remote.ipv4, "--port", str(PORT),
+                            "--count", str(rounds), "--batch", str(batch), "--rate", "20",
+                            "--seq-base", str(SEQ_BASE), gated=True)
+    text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"], ["udp_payload"])
+    agent = AgentProcess(t, t.node, text)
+    agent.wait_attached()
+    client.release()
+    requests, done = client.wait_done()
+    assert done == {"sent": rounds * batch, "received": rounds * batch}
+
+    agent.wait_events(lambda e: e["direction"] == "in", rounds * batch)
+    summary = agent.stop()
+
+    sent = sorted(r["seq"] for r in requests)
+    out = agent.events_of("out")
+    assert sorted(info_values(out, "udp_payload")) == sent
+    assert sorted(info_values(agent.events_of("in"), "udp_payload")) == sent
+    # both datagrams of a call start when the call does: each egress latency ends within its
+    # round's round trip, the second datagram's no earlier than the first's
+    by_seq = {info_int(e, "udp_payload"): e for e in out}
+    rtt = {r["seq"]: r["rtt_ns"] for r in requests}
+    for first in sent[::batch]:
+        second = first + 1
+        assert by_seq[first]["latency_ns"] <= by_seq[second]["latency_ns"] < rtt[second]
+        assert by_seq[second]["timestamp_ns"] >= by_seq[first]["timestamp_ns"]
+    assert summary["out"]["count"] == summary["in"]["count"] == rounds * batch

@@ -1,4 +1,5 @@
-"""Traffic for tests and benchmarks: UDP and TCP request/response, a UDP flood, a packet-socket capture.
+"""Traffic for tests and benchmarks: UDP and TCP request/response (UDP also with sendmmsg), a UDP
+flood, a packet-socket capture.
 
 Run as ``python -m mace_agent.lab.traffic <command> ...``; every command prints JSON lines on stdout.
 Servers print ``{"ready": ...}`` once bound; clients print one line per request with timestamps taken
@@ -11,7 +12,10 @@ so the ``udp_payload`` field correlates them; the echo server sends the payload 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import json
+import os
 import selectors
 import signal
 import socket
@@ -144,6 +148,77 @@ def udp_client(dests: Sequence[str], port: int, count: int, rate: float, size: i
         emit(record)
     emit({"done": {"sent": count, "received": received}})
     return 0 if received == count else 1
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [("name", ctypes.c_void_p), ("namelen", ctypes.c_uint32), ("iov", ctypes.POINTER(_Iovec)),
+                ("iovlen", ctypes.c_size_t), ("control", ctypes.c_void_p), ("controllen", ctypes.c_size_t),
+                ("flags", ctypes.c_int)]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
+def sendmmsg(sock: socket.socket, datagrams: Sequence[bytes]) -> int:
+    """Send ``datagrams`` on a connected socket with one sendmmsg(2) call; how many were sent."""
+    buffers = [ctypes.create_string_buffer(d, len(d)) for d in datagrams]
+    iovecs = [_Iovec(ctypes.cast(buf, ctypes.c_void_p), len(d))
+              for buf, d in zip(buffers, datagrams, strict=True)]
+    messages = (_Mmsghdr * len(datagrams))()
+    for message, iovec in zip(messages, iovecs, strict=True):
+        message.hdr.iov = ctypes.pointer(iovec)
+        message.hdr.iovlen = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    sent = int(libc.sendmmsg(sock.fileno(), messages, len(datagrams), 0))
+    if sent < 0:
+        code = ctypes.get_errno()
+        raise OSError(code, f"sendmmsg: {os.strerror(code) or errno.errorcode.get(code, code)}")
+    return sent
+
+
+def udp_batch_client(dest: str, port: int, count: int, batch: int, rate: float, size: int,
+                     seq_base: int, timeout: float) -> int:
+    """``count`` rounds of ``batch`` requests sent with one sendmmsg call (as glibc's resolver sends
+    its A and AAAA queries together), each round's replies read with recvmsg.
+
+    Prints one line per request: its seq, the round's send start and, once its reply came, rtt_ns.
+    """
+    sock = socket.socket(family_of(dest), socket.SOCK_DGRAM)
+    sock.settimeout(timeout)
+    sock.connect((dest, port))
+    pacer = _Pacer(rate)
+    received = 0
+    for r in range(count):
+        pacer.wait()
+        seqs = [seq_base + r * batch + j for j in range(batch)]
+        start = time.monotonic_ns()
+        sent = sendmmsg(sock, [payload(seq, size) for seq in seqs])
+        waiting = set(seqs[:sent])
+        replies: dict[int, int] = {}
+        while waiting:
+            try:
+                reply, _anc, _flags, _peer = sock.recvmsg(65535)
+            except TimeoutError:
+                break
+            seq = SEQ.unpack_from(reply)[0]
+            if seq in waiting:
+                waiting.discard(seq)
+                replies[seq] = time.monotonic_ns() - start
+        received += len(replies)
+        for seq in seqs:
+            record: dict[str, Any] = {"seq": seq, "send_start_ns": start}
+            if seq in replies:
+                record["rtt_ns"] = replies[seq]
+            else:
+                record["lost"] = True
+            emit(record)
+    emit({"done": {"sent": count * batch, "received": received}})
+    return 0 if received == count * batch else 1
 
 
 def udp_flood(dest: str, port: int, duration: float, size: int, rate: float) -> int:
@@ -319,6 +394,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sink-port", type=int, help="also bind this port and discard what arrives")
 
+    p = sub.add_parser("udp-batch-client",
+                       help="UDP requests sent in batches with sendmmsg, replies read with recvmsg")
+    p.add_argument("--dest", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=10, help="rounds")
+    p.add_argument("--batch", type=int, default=2, help="requests per sendmmsg call")
+    p.add_argument("--rate", type=float, default=10.0, help="rounds per second (0: back to back)")
+    p.add_argument("--payload", type=int, default=64)
+    p.add_argument("--seq-base", type=int, default=1)
+    p.add_argument("--timeout", type=float, default=2.0)
     p = sub.add_parser("udp-client", help="UDP request/response client (sendto/recvmsg)")
     p.add_argument("--dest", required=True, action="append", help="repeat to alternate destinations")
     p.add_argument("--port", type=int, required=True)
@@ -373,6 +458,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return udp_client(args.dest, args.port, args.count, args.rate, max(8, args.payload),
                               args.sleep_ms, args.seq_base, args.timeout, args.filler_count,
                               max(8, args.filler_bytes), args.filler_port)
+        elif args.command == "udp-batch-client":
+            return udp_batch_client(args.dest, args.port, args.count, args.batch, args.rate,
+                                    max(8, args.payload), args.seq_base, args.timeout)
         elif args.command == "udp-flood":
             return udp_flood(args.dest, args.port, args.duration, max(8, args.payload), args.rate)
         elif args.command == "tcp-server":
