@@ -16,9 +16,10 @@
  *          -> net_dev_start_xmit on the device (look up, stash per CPU)
  *          -> net_dev_xmit with rc == 0 (latency).
  * Ingress: netif_receive_skb on the device (packet id -> arrival time, info)
- *          -> inside the process's recvmsg/recvfrom, skb_copy_datagram_iovec (TCP, raw,
- *             ICMP) or, for UDP, the socket queue's datagram confirmed by sock_recv_length
- *             (move to the thread's batch) -> sys_exit_recvmsg/recvfrom (latency per packet).
+ *          -> inside the process's recvmsg/recvfrom/recvmmsg, skb_copy_datagram_iovec (TCP,
+ *             raw, ICMP) or, for UDP, the socket queue's datagram confirmed by
+ *             sock_recv_length (move to the thread's batch)
+ *          -> sys_exit_recvmsg/recvfrom/recvmmsg (latency per packet, at most RX_SLOTS).
  *          TCP segments merged on the socket are followed by sequence number (tcp_take).
  * On the outer device a VXLAN packet is read from the headers it encapsulates (an overlay
  * network's pod traffic); VXLAN is 0 when no VXLAN port is configured.
@@ -53,7 +54,8 @@ struct rx_val { u64 ts; u32 next_seq; u32 pad; u8 info[INFO_BYTES]; };
 struct rx_batch {
     u32 active; u32 n;          /* in a receive call; packets in slot[] */
     u64 sk;                     /* UDP: the socket being read */
-    u32 claimed; u32 pad;       /* UDP: claim holds the id of the datagram the call returns */
+    u32 claimed;                /* UDP: claim holds the id of the datagram the call returns next */
+    u32 multi;                  /* a recvmmsg call: it may return several datagrams */
     struct corr_key claim;
     u32 resume; u32 resumable;  /* TCP: sequence number of the next segment not yet taken */
     struct rx_val slot[RX_SLOTS];
@@ -654,6 +656,7 @@ static __always_inline struct rx_batch *rx_begin(void)
     batch->n = 0;
     batch->active = 1;
     batch->claimed = 0;
+    batch->multi = 0;
     batch->sk = 0;
     return batch;
 }
@@ -733,7 +736,8 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 /* UDP copies linear datagrams without that tracepoint (and frees them elsewhere), so the
  * datagram a receive call will return is noted from the socket's queues instead: its head
  * when the call starts, else the first datagram queued while the thread waits
- * (sk_data_ready); sock_recv_length confirms the call returned from that socket. */
+ * (sk_data_ready); sock_recv_length confirms the call returned from that socket. A recvmmsg
+ * call then notes the next datagram the same way for each further message it reads. */
 
 /* A thread waiting on an empty UDP socket, and the first datagram queued there since. */
 struct udp_waiter { u32 tid; u32 claimed; struct corr_key claim; };
@@ -785,14 +789,9 @@ static __always_inline u64 udp_head(u64 sk)
     return head ? head : queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
 }
 
-static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
+/* Note the datagram the call will return next from UDP socket sk. */
+static __always_inline void udp_expect(struct rx_batch *batch, u64 sk)
 {
-    u64 sk = fd_to_sock((u32)fd);
-    u16 protocol = 0;
-    if (!sk || bpf_probe_read_kernel(&protocol, sizeof(protocol), (const void *)(sk + OFF_SOCK_PROTOCOL))
-        || protocol != IPPROTO_UDP_)
-        return;
-    batch->sk = sk;
     u64 head = udp_head(sk);
     if (head) {  /* a datagram is waiting: no need to watch the socket */
         batch->claimed = udp_claim(&batch->claim, head);
@@ -806,6 +805,17 @@ static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
         batch->claimed = udp_claim(&batch->claim, head);
         udp_waiters.delete(&sk);
     }
+}
+
+static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
+{
+    u64 sk = fd_to_sock((u32)fd);
+    u16 protocol = 0;
+    if (!sk || bpf_probe_read_kernel(&protocol, sizeof(protocol), (const void *)(sk + OFF_SOCK_PROTOCOL))
+        || protocol != IPPROTO_UDP_)
+        return;
+    batch->sk = sk;
+    udp_expect(batch, sk);
 }
 
 /* Runs wherever the datagram is queued; the waiting thread picks the claim up itself. */
@@ -836,12 +846,15 @@ RAW_TRACEPOINT_PROBE(sock_recv_length)
         }
         udp_waiters.delete(&sk);
     }
-    if (!batch->claimed)
+    if (batch->sk != ctx->args[0]) {
+        batch->claimed = 0;
         return 0;
+    }
+    if (batch->claimed && (int)ctx->args[1] >= 0 && !((int)ctx->args[2] & MSG_PEEK_))
+        rx_take(batch, &batch->claim, bpf_ktime_get_ns());
     batch->claimed = 0;
-    if (batch->sk != ctx->args[0] || (int)ctx->args[1] < 0 || ((int)ctx->args[2] & MSG_PEEK_))
-        return 0;
-    rx_take(batch, &batch->claim, bpf_ktime_get_ns());
+    if (batch->multi)  /* recvmmsg reads the socket again within the same call */
+        udp_expect(batch, batch->sk);
     return 0;
 }
 #define WATCH_UDP(batch, fd) udp_watch(batch, fd)
@@ -889,5 +902,16 @@ TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
     return 0;
 }
 
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
+{
+    struct rx_batch *batch = rx_begin();
+    if (batch) {
+        batch->multi = 1;
+        WATCH_UDP(batch, args->fd);
+    }
+    return 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_end(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_end(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_end(); }

@@ -108,7 +108,7 @@ def tcp_seq_offset(flt: ProtocolFilter) -> int:
 
 def tracepoints(flt: ProtocolFilter) -> tuple[str, ...]:
     """The ``category:event`` tracepoints the program for ``flt`` attaches to."""
-    calls = ("sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg")
+    calls = ("sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg", "recvmmsg")
     names = [f"syscalls:sys_{edge}_{call}" for call in calls for edge in ("enter", "exit")]
     names += ["net:net_dev_queue", "net:net_dev_start_xmit", "net:net_dev_xmit", "net:netif_receive_skb",
               "skb:skb_copy_datagram_iovec"]

@@ -1,4 +1,4 @@
-"""Traffic for tests and benchmarks: UDP and TCP request/response (UDP also with sendmmsg), a UDP
+"""Traffic for tests and benchmarks: UDP and TCP request/response (UDP also with sendmmsg/recvmmsg), a UDP
 flood, a packet-socket capture.
 
 Run as ``python -m mace_agent.lab.traffic <command> ...``; every command prints JSON lines on stdout.
@@ -33,6 +33,7 @@ FILLER_BASE = 0xF1F1_0000_0000_0000
 """Filler datagrams carry FILLER_BASE + i as their first 8 bytes (never a request's sequence number)."""
 PACKET_OUTGOING = 4
 ETH_P_ALL = 0x0003
+MSG_WAITFORONE = 0x10000
 SCM_TIMESTAMPNS = getattr(socket, "SCM_TIMESTAMPNS", 35)
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
 
@@ -181,15 +182,37 @@ def sendmmsg(sock: socket.socket, datagrams: Sequence[bytes]) -> int:
     return sent
 
 
+def recvmmsg(sock: socket.socket, vlen: int, size: int) -> list[bytes]:
+    """Up to ``vlen`` datagrams from one recvmmsg(2) call that waits for the first only
+    (MSG_WAITFORONE); TimeoutError when the socket's receive timeout passes first."""
+    buffers = [ctypes.create_string_buffer(size) for _ in range(vlen)]
+    iovecs = [_Iovec(ctypes.cast(buf, ctypes.c_void_p), size) for buf in buffers]
+    messages = (_Mmsghdr * vlen)()
+    for message, iovec in zip(messages, iovecs, strict=True):
+        message.hdr.iov = ctypes.pointer(iovec)
+        message.hdr.iovlen = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    got = int(libc.recvmmsg(sock.fileno(), messages, vlen, MSG_WAITFORONE, None))
+    if got < 0:
+        code = ctypes.get_errno()
+        if code in (errno.EAGAIN, errno.EWOULDBLOCK):
+            raise TimeoutError("recvmmsg: timed out")
+        raise OSError(code, f"recvmmsg: {os.strerror(code)}")
+    return [buffers[i].raw[:messages[i].len] for i in range(got)]
+
+
 def udp_batch_client(dest: str, port: int, count: int, batch: int, rate: float, size: int,
-                     seq_base: int, timeout: float) -> int:
+                     seq_base: int, timeout: float, use_recvmmsg: bool) -> int:
     """``count`` rounds of ``batch`` requests sent with one sendmmsg call (as glibc's resolver sends
-    its A and AAAA queries together), each round's replies read with recvmsg.
+    its A and AAAA queries together), each round's replies read with recvmsg, or with recvmmsg
+    calls that each return what has arrived once one reply has.
 
     Prints one line per request: its seq, the round's send start and, once its reply came, rtt_ns.
     """
     sock = socket.socket(family_of(dest), socket.SOCK_DGRAM)
-    sock.settimeout(timeout)
+    # a blocking socket with a receive timeout, so that recvmmsg waits as recvmsg does
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO,
+                    struct.pack("@ll", int(timeout), int(timeout % 1 * 1_000_000)))
     sock.connect((dest, port))
     pacer = _Pacer(rate)
     received = 0
@@ -202,13 +225,15 @@ def udp_batch_client(dest: str, port: int, count: int, batch: int, rate: float, 
         replies: dict[int, int] = {}
         while waiting:
             try:
-                reply, _anc, _flags, _peer = sock.recvmsg(65535)
-            except TimeoutError:
+                got = recvmmsg(sock, len(waiting), 65535) if use_recvmmsg else [sock.recvmsg(65535)[0]]
+            except (TimeoutError, BlockingIOError):
                 break
-            seq = SEQ.unpack_from(reply)[0]
-            if seq in waiting:
-                waiting.discard(seq)
-                replies[seq] = time.monotonic_ns() - start
+            now = time.monotonic_ns()
+            for reply in got:
+                seq = SEQ.unpack_from(reply)[0]
+                if seq in waiting:
+                    waiting.discard(seq)
+                    replies[seq] = now - start
         received += len(replies)
         for seq in seqs:
             record: dict[str, Any] = {"seq": seq, "send_start_ns": start}
@@ -400,6 +425,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=10, help="rounds")
     p.add_argument("--batch", type=int, default=2, help="requests per sendmmsg call")
+    p.add_argument("--recvmmsg", action="store_true", help="read the replies with recvmmsg")
     p.add_argument("--rate", type=float, default=10.0, help="rounds per second (0: back to back)")
     p.add_argument("--payload", type=int, default=64)
     p.add_argument("--seq-base", type=int, default=1)
@@ -460,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                               max(8, args.filler_bytes), args.filler_port)
         elif args.command == "udp-batch-client":
             return udp_batch_client(args.dest, args.port, args.count, args.batch, args.rate,
-                                    max(8, args.payload), args.seq_base, args.timeout)
+                                    max(8, args.payload), args.seq_base, args.timeout, args.recvmmsg)
         elif args.command == "udp-flood":
             return udp_flood(args.dest, args.port, args.duration, max(8, args.payload), args.rate)
         elif args.command == "tcp-server":
