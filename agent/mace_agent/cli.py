@@ -20,7 +20,7 @@ from typing import TextIO
 
 from mace.fields import CATALOGUE, Field, Kind
 from mace.grammar import FilterError, parse
-from mace_agent.config import EngineConfig
+from mace_agent.config import EngineConfig, add_vxlan_ports_option
 from mace_agent.engine import Engine
 from mace_agent.events import Event
 from mace_agent.kernel import KernelFeatureError
@@ -52,18 +52,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="capacity of each pending-packet map")
     run.add_argument("--ttl", type=float, default=defaults.ttl_s,
                      help="seconds after which an unmatched packet is expired")
-    run.add_argument("--vxlan-ports", type=_ports, default=defaults.vxlan_ports, metavar="PORT,...",
-                     help="UDP ports read as VXLAN on the outer device (default: "
-                     f"{','.join(map(str, defaults.vxlan_ports))}; '' for none)")
+    add_vxlan_ports_option(run)
     register(commands)
     return parser
-
-
-def _ports(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
 
 
 class _Stop:

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import argparse
 from dataclasses import dataclass
 
 MAX_MAP_ENTRIES = 1 << 20
 MAX_RINGBUF_PAGES = 4096
 MAX_VXLAN_PORTS = 8
+DEFAULT_VXLAN_PORTS = (4789, 8472)
+"""IANA's VXLAN port, and Linux's default one (Flannel's)."""
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,7 @@ class EngineConfig:
     thread_entries: int = 1024
     ringbuf_pages: int = 64
     exact_values: int = 100_000
-    vxlan_ports: tuple[int, ...] = (4789, 8472)
+    vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS
 
     def problems(self) -> list[str]:
         """What is wrong with these settings (empty when usable)."""
@@ -53,5 +56,25 @@ class EngineConfig:
         if self.exact_values < 0:
             problems.append("exact values must be 0 or positive")
         if len(self.vxlan_ports) > MAX_VXLAN_PORTS or not all(0 < p < 65536 for p in self.vxlan_ports):
-            problems.append(f"VXLAN ports must be at most {MAX_VXLAN_PORTS} ports between 1 and 65535")
+            problems.append(VXLAN_PORTS_RULE)
         return problems
+
+
+VXLAN_PORTS_RULE = f"VXLAN ports must be at most {MAX_VXLAN_PORTS} ports between 1 and 65535"
+
+
+def _vxlan_ports(text: str) -> tuple[int, ...]:
+    try:
+        ports = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a comma-separated list of ports: {text!r}") from None
+    if EngineConfig(vxlan_ports=ports).problems():
+        raise argparse.ArgumentTypeError(VXLAN_PORTS_RULE)
+    return ports
+
+
+def add_vxlan_ports_option(parser: argparse.ArgumentParser) -> None:
+    """Add ``--vxlan-ports PORT,...`` (comma-separated UDP ports, '' for none) to a command."""
+    parser.add_argument("--vxlan-ports", type=_vxlan_ports, default=DEFAULT_VXLAN_PORTS, metavar="PORT,...",
+                        help="UDP ports read as VXLAN on the outer device (default: "
+                             f"{','.join(map(str, DEFAULT_VXLAN_PORTS))}; '' for none)")

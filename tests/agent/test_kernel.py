@@ -158,11 +158,14 @@ def test_cli_invalid_filter_exits_2() -> None:
     assert "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize("command", [
+    ["run", "--filter", "dev-id: 1 proc-id: 1 in: corr: icmp_seq info: out: corr: icmp_seq info:"],
+    ["serve", "--node", "node-1"],
+])
 @pytest.mark.parametrize(("ports", "message"), [("4789,vx", "not a comma-separated list of ports"),
                                               ("4789,70000", "VXLAN ports must be")])
-def test_cli_bad_vxlan_ports_exit_2(ports: str, message: str) -> None:
-    done = _agent("run", "--vxlan-ports", ports, "--filter",
-                  "dev-id: 1 proc-id: 1 in: corr: icmp_seq info: out: corr: icmp_seq info:")
+def test_cli_bad_vxlan_ports_exit_2(command: list[str], ports: str, message: str) -> None:
+    done = _agent(*command, "--vxlan-ports", ports)
     assert done.returncode == 2
     assert message in done.stderr
     assert "Traceback" not in done.stderr

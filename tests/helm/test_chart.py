@@ -30,6 +30,7 @@ NON_DEFAULT: dict[str, Any] = {
                  "nodeSelector": {"kubernetes.io/os": "linux"}},
     "agent": {"image": {"repository": "mirror.example.com/mace-agent", "tag": "edge"}, "port": 9500,
               "listen": "all", "maxProbes": 20, "publishIntervalSeconds": 2, "verbose": True,
+              "vxlanPorts": [4790],
               "hostMounts": {"tracing": False, "kernelHeaders": False, "cgroup": False},
               "extraEnv": [{"name": "MACE_KERNEL_HEADERS", "value": "/opt/mace/kernel-headers"}],
               "tolerations": [], "priorityClassName": "system-node-critical"},
@@ -117,6 +118,7 @@ def test_agent_daemonset_matches_the_operator_contract(tools: Tools) -> None:
     assert c["args"][:2] == ["mace-agent", "serve"]
     assert "--operator-username=system:serviceaccount:mace-system:mace-operator" in c["args"]
     assert "--listen=[$(POD_IP)]:9464" in c["args"]
+    assert "--max-probes=50" in c["args"] and "--vxlan-ports=4789,8472" in c["args"]
     assert {e["name"] for e in c["env"]} == {"NODE_NAME", "POD_IP"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -191,6 +193,7 @@ def test_non_default_values_render_as_asked(tools: Tools, tmp_path: Path) -> Non
     assert "--listen=0.0.0.0:9500" in ag["args"] and "--max-probes=20" in ag["args"]
     assert "--operator-username=system:serviceaccount:observability:probe-kit-mace-operator" in ag["args"]
     assert "--publish-interval=2" in ag["args"] and "--verbose" in ag["args"]
+    assert "--vxlan-ports=4790" in ag["args"]
     assert {"name": "MACE_KERNEL_HEADERS", "value": "/opt/mace/kernel-headers"} in ag["env"]
     spec = agent["spec"]["template"]["spec"]
     assert all("hostPath" not in v for v in spec["volumes"])
@@ -214,6 +217,8 @@ def test_privileged_agent_and_no_crd(tools: Tools) -> None:
     ("agent.listen=everywhere", "/agent/listen"),
     ("agent.capabilities={BPF,NET_GOD}", "/agent/capabilities/1"),
     ("agent.maxProbes=0", "/agent/maxProbes"),
+    ("agent.maxProbes=65", "/agent/maxProbes"),
+    ("agent.vxlanPorts={4789,70000}", "/agent/vxlanPorts/1"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("operator.replicas=3", "replicas"),
     ("serviceMonitor.interval=often", "/serviceMonitor/interval"),

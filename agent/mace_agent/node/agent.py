@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from kubernetes import client
 
+from mace_agent.config import DEFAULT_VXLAN_PORTS
 from mace_agent.node.auth import TokenReviewer
 from mace_agent.node.control import Controller
 from mace_agent.node.events import EventHub
@@ -30,6 +31,7 @@ class AgentSettings:
     """Usernames allowed to call /resolve; empty: no authentication (only for local experiments)."""
     max_probes: int = 50
     publish_interval: float = 5.0
+    vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS
 
 
 class Agent:
@@ -39,7 +41,8 @@ class Agent:
         self.settings = settings
         self.node = settings.node
         self.hub = EventHub()
-        self.registry = Registry(self.hub, settings.max_probes, settings.publish_interval)
+        self.registry = Registry(self.hub, settings.max_probes, settings.publish_interval,
+                                 settings.vxlan_ports)
         self.controller = Controller(watch_api, settings.node, self.registry)
         self.publisher = Publisher(api, settings.node, self.registry, settings.publish_interval)
         self.reviewer = TokenReviewer(api, settings.resolve_users) if settings.resolve_users else None

@@ -15,6 +15,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mace_agent.config import add_vxlan_ports_option
+
 if TYPE_CHECKING:  # imported when serving, so that `mace-agent run` does not pay for the client
     from kubernetes import client
 
@@ -65,6 +67,7 @@ def register(commands: Any) -> argparse.ArgumentParser:
     serve_parser.add_argument("--publish-interval", type=_positive(float), default=5.0, metavar="SECONDS",
                               help="how often a probe's changing counts are written to its status "
                                    "(default 5; state changes and first samples go out within 1 s)")
+    add_vxlan_ports_option(serve_parser)
     serve_parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     return serve_parser
 
@@ -101,7 +104,8 @@ def serve(args: argparse.Namespace) -> int:
 
     users = () if args.insecure_no_auth else tuple(args.operator_username or [DEFAULT_OPERATOR])
     settings = AgentSettings(node=args.node, listen=args.listen, resolve_users=users,
-                             max_probes=args.max_probes, publish_interval=args.publish_interval)
+                             max_probes=args.max_probes, publish_interval=args.publish_interval,
+                             vxlan_ports=args.vxlan_ports)
     try:
         agent = Agent(settings, api, watch_api)
     except OSError as error:

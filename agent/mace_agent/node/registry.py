@@ -10,6 +10,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+from mace_agent.config import DEFAULT_VXLAN_PORTS
 from mace_agent.node.events import EventHub
 from mace_agent.node.runs import ProbeRun, RunSpec
 
@@ -31,10 +32,12 @@ class Retired:
 class Registry:
     """Active runs by probe key (``namespace/name``), bounded by ``max_probes``."""
 
-    def __init__(self, hub: EventHub, max_probes: int, snapshot_interval: float) -> None:
+    def __init__(self, hub: EventHub, max_probes: int, snapshot_interval: float,
+                 vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS) -> None:
         self.hub = hub
         self.max_probes = max_probes
         self.snapshot_interval = snapshot_interval
+        self.vxlan_ports = vxlan_ports
         self._lock = threading.Lock()
         self._active: dict[str, ProbeRun] = {}
         self._retired: list[Retired] = []
@@ -52,7 +55,7 @@ class Registry:
 
         Over ``max_probes`` the run is parked in Error instead; it starts when another run is retired.
         """
-        run = ProbeRun(spec, self.hub, self.snapshot_interval)
+        run = ProbeRun(spec, self.hub, self.snapshot_interval, self.vxlan_ports)
         with self._lock:
             self._retire_locked(spec.key, final_stopped=False)
             running = sum(not r.parked for r in self._active.values())

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from mace.grammar import FilterError, parse
 from mace.models import ProtocolFilter
-from mace_agent.config import EngineConfig
+from mace_agent.config import DEFAULT_VXLAN_PORTS, EngineConfig
 from mace_agent.engine import Engine
 from mace_agent.kernel import KernelFeatureError
 from mace_agent.node.events import EventHub
@@ -55,10 +55,12 @@ class RunSpec:
 class ProbeRun:
     """A thread measuring one probe; read ``state``, ``message`` and ``snapshot`` from anywhere."""
 
-    def __init__(self, spec: RunSpec, hub: EventHub, snapshot_interval: float = FIRST_SNAPSHOT_S) -> None:
+    def __init__(self, spec: RunSpec, hub: EventHub, snapshot_interval: float = FIRST_SNAPSHOT_S,
+                 vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS) -> None:
         self.spec = spec
         self.hub = hub
         self.snapshot_interval = snapshot_interval
+        self.vxlan_ports = vxlan_ports
         self.state = ATTACHING
         self.message: str | None = None
         self.snapshot: Snapshot | None = None
@@ -105,7 +107,8 @@ class ProbeRun:
         except FilterError as error:
             self._fail(f"invalid filter in status: {error}")
             return
-        engine = Engine(flt, EngineConfig(rate_limit=self._rate, stream=True, exact_values=EXACT_VALUES))
+        engine = Engine(flt, EngineConfig(rate_limit=self._rate, stream=True, exact_values=EXACT_VALUES,
+                                          vxlan_ports=self.vxlan_ports))
         if self._stop.is_set():
             return
         try:
