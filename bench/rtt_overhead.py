@@ -18,9 +18,12 @@ configuration the median RTT of the probes sent in its window is compared with t
 no-agent window; the figure is the median of these paired differences over rounds, with a 95%
 bootstrap interval. A final phase at 1000 probes/s, with kernel.bpf_stats_enabled=1 (restored
 after), reads each program's run count and run time to show where the cost is. --experiment adds
-the empty programs split into the system-call tracepoints and the other (raw) tracepoints.
+the empty programs split into the system-call tracepoints and the other (raw) tracepoints, and empty
+raw tracepoints on every system call in place of the system-call tracepoints (empty-rawsys);
+--configs runs only the configurations it names (and none).
 
 Run: sudo .venv/bin/python bench/rtt_overhead.py [--rounds N] [--workloads udp,ping] [--rates 1000,5]
+     [--experiment | --configs empty-syscalls,empty-rawsys,...]
 """
 
 from __future__ import annotations
@@ -324,7 +327,8 @@ def main() -> int:
     parser.add_argument(
         "--experiment",
         action="store_true",
-        help="also run experiments: empty programs on only the system-call hooks, or only the others",
+        help="also run experiments: empty programs on only the system-call hooks, or only the others, "
+        "or raw tracepoints on every system call instead",
     )
     parser.add_argument("--configs", default="", help="comma-separated configurations to run instead")
     parser.add_argument("--seed", type=int, default=1)
@@ -340,13 +344,15 @@ def main() -> int:
         parser.error("--workloads takes udp and/or ping")
     if args.rounds < 2 or any(r <= 0 for r in rates):
         parser.error("--rounds must be at least 2 and rates positive")
+    configs = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
+    if args.configs:
+        configs = ("none", *(c for c in args.configs.split(",") if c and c != "none"))
+        if unknown := set(configs) - set(PROGRAMS) - {"none"}:
+            parser.error(f"--configs: unknown {', '.join(sorted(unknown))}; known: {', '.join(PROGRAMS)}")
     require_root()
     rng = random.Random(args.seed)
     began = time.monotonic()
     info = machine() | {"tracing_programs_before": tracing_programs()}
-    configs = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
-    if args.configs:
-        configs = ("none", *(c for c in args.configs.split(",") if c and c != "none"))
     results: dict[str, Record] = {}
     with Topology(prefix=f"mace-tb{random.randrange(1 << 16):04x}") as t:
         server = Child(t, t.remote.ns, [str(udp_rr_binary()), "server", str(PORT)])

@@ -165,20 +165,23 @@ class _Mmsghdr(ctypes.Structure):
     _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
 
 
+def _mmsghdrs(buffers: Sequence[Any], lengths: Sequence[int]) -> Any:
+    """An array of struct mmsghdr, one per buffer, each with one iovec of that buffer's length."""
+    messages = (_Mmsghdr * len(buffers))()
+    for message, buf, length in zip(messages, buffers, lengths, strict=True):
+        message.hdr.iov = ctypes.pointer(_Iovec(ctypes.cast(buf, ctypes.c_void_p), length))
+        message.hdr.iovlen = 1
+    return messages
+
+
 def sendmmsg(sock: socket.socket, datagrams: Sequence[bytes]) -> int:
     """Send ``datagrams`` on a connected socket with one sendmmsg(2) call; how many were sent."""
     buffers = [ctypes.create_string_buffer(d, len(d)) for d in datagrams]
-    iovecs = [_Iovec(ctypes.cast(buf, ctypes.c_void_p), len(d))
-              for buf, d in zip(buffers, datagrams, strict=True)]
-    messages = (_Mmsghdr * len(datagrams))()
-    for message, iovec in zip(messages, iovecs, strict=True):
-        message.hdr.iov = ctypes.pointer(iovec)
-        message.hdr.iovlen = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    sent = int(libc.sendmmsg(sock.fileno(), messages, len(datagrams), 0))
+    messages = _mmsghdrs(buffers, [len(d) for d in datagrams])
+    sent = int(ctypes.CDLL(None, use_errno=True).sendmmsg(sock.fileno(), messages, len(datagrams), 0))
     if sent < 0:
         code = ctypes.get_errno()
-        raise OSError(code, f"sendmmsg: {os.strerror(code) or errno.errorcode.get(code, code)}")
+        raise OSError(code, f"sendmmsg: {os.strerror(code)}")
     return sent
 
 
@@ -186,13 +189,8 @@ def recvmmsg(sock: socket.socket, vlen: int, size: int) -> list[bytes]:
     """Up to ``vlen`` datagrams from one recvmmsg(2) call that waits for the first only
     (MSG_WAITFORONE); TimeoutError when the socket's receive timeout passes first."""
     buffers = [ctypes.create_string_buffer(size) for _ in range(vlen)]
-    iovecs = [_Iovec(ctypes.cast(buf, ctypes.c_void_p), size) for buf in buffers]
-    messages = (_Mmsghdr * vlen)()
-    for message, iovec in zip(messages, iovecs, strict=True):
-        message.hdr.iov = ctypes.pointer(iovec)
-        message.hdr.iovlen = 1
-    libc = ctypes.CDLL(None, use_errno=True)
-    got = int(libc.recvmmsg(sock.fileno(), messages, vlen, MSG_WAITFORONE, None))
+    messages = _mmsghdrs(buffers, [size] * vlen)
+    got = int(ctypes.CDLL(None, use_errno=True).recvmmsg(sock.fileno(), messages, vlen, MSG_WAITFORONE, None))
     if got < 0:
         code = ctypes.get_errno()
         if code in (errno.EAGAIN, errno.EWOULDBLOCK):
@@ -420,7 +418,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--sink-port", type=int, help="also bind this port and discard what arrives")
 
     p = sub.add_parser("udp-batch-client",
-                       help="UDP requests sent in batches with sendmmsg, replies read with recvmsg")
+                       help="UDP requests sent in batches with sendmmsg, replies read with recvmsg(mmsg)")
     p.add_argument("--dest", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=10, help="rounds")
