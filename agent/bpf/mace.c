@@ -11,15 +11,19 @@
  * No kernel struct layout from headers is used: every kernel object is read at BTF offsets.
  *
  * Egress:  sys_enter_sendto/sendmsg/sendmmsg (the thread's start time, task-local; every packet
- *          of a sendmmsg call starts when the call does)
+ *          of a sendmmsg call starts when the call does), or for TCP sent by other calls
+ *          (write, writev, sendfile) tcp_sendmsg_locked, where TCP starts queueing the data
+ *          (TCP_SEND_HOOK: kernels that have it)
  *          -> net_dev_queue in that task's context (packet id -> start time)
  *          -> net_dev_start_xmit on the device (look up, stash per CPU)
  *          -> net_dev_xmit with rc == 0 (latency).
  * Ingress: netif_receive_skb on the device (packet id -> arrival time, info)
- *          -> inside the process's recvmsg/recvfrom/recvmmsg, skb_copy_datagram_iovec (TCP,
- *             raw, ICMP) or, for UDP, the socket queue's datagram confirmed by
- *             sock_recv_length (move to the thread's batch)
- *          -> sys_exit_recvmsg/recvfrom/recvmmsg (latency per packet, at most RX_SLOTS).
+ *          -> in the receiving thread, skb_copy_datagram_iovec (TCP, raw, ICMP: any receive
+ *             call, read() and readv() too) or, for UDP, the datagram a recvfrom/recvmsg/
+ *             recvmmsg call noted at its start (move to the thread's batch)
+ *          -> sock_recv_length, where the socket layer returns to the call (latency per
+ *             packet, at most RX_SLOTS per return); kernels without it (SOCK_RECV_HOOK 0):
+ *             only inside recvfrom/recvmsg/recvmmsg, reported at their exit.
  *          TCP segments merged on the socket are followed by sequence number (tcp_take).
  * On the outer device a VXLAN packet is read from the headers it encapsulates (an overlay
  * network's pod traffic); VXLAN is 0 when no VXLAN port is configured.
@@ -52,7 +56,7 @@ struct tx_stash {
 /* next_seq: TCP, the sequence number after this segment (0: unknown) */
 struct rx_val { u64 ts; u32 next_seq; u32 pad; u8 info[INFO_BYTES]; };
 struct rx_batch {
-    u32 active; u32 n;          /* in a receive call; packets in slot[] */
+    u32 active; u32 n;          /* in a hooked receive call; packets in slot[] */
     u64 sk;                     /* UDP: the socket being read */
     u32 claimed;                /* UDP: claim holds the id of the datagram the call returns next */
     u32 multi;                  /* a recvmmsg call: it may return several datagrams */
@@ -68,7 +72,7 @@ struct rate_window { u64 second; u64 count; };
 
 /* Per-call state of each thread of the process lives in task-local storage: no hashing, no
  * locks, and the kernel frees it when the thread exits. */
-struct tx_call { u64 start; u32 active; u32 pad; };
+struct tx_call { u64 start; u32 active; u32 by_socket; };
 BPF_TASK_STORAGE(tx_call, struct tx_call);
 BPF_TASK_STORAGE(rx_batch, struct rx_batch);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
@@ -497,18 +501,21 @@ static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key 
 
 /* ---- egress ---- */
 
-static __always_inline int tx_begin(void)
+/* A send starts: at a send system call's entry, or (by_socket) where TCP starts queueing the
+ * data of a call that entered no hooked system call (write, writev, sendfile, io_uring). */
+static __always_inline int tx_begin(u32 by_socket)
 {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0,
                                                     BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!call)
+    if (!call || (by_socket && call->active))
         return 0;
     u64 now = bpf_ktime_get_ns();
     call->start = now;
     call->active = 1;
+    call->by_socket = by_socket;
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     if (last)
@@ -516,23 +523,28 @@ static __always_inline int tx_begin(void)
     return 0;
 }
 
-static __always_inline int tx_end(void)
+/* A send ends: at the system call's exit, or (by_socket) where the socket layer returns. */
+static __always_inline int tx_end(u32 by_socket)
 {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
-    if (call)
+    if (call && (!by_socket || call->by_socket))
         call->active = 0;
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return tx_begin(); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return tx_begin(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return tx_end(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return tx_end(); }
-TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return tx_begin(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return tx_end(); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return tx_begin(0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return tx_begin(0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return tx_end(0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmsg) { return tx_end(0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_sendmmsg) { return tx_begin(0); }
+TRACEPOINT_PROBE(syscalls, sys_exit_sendmmsg) { return tx_end(0); }
+#if TCP_SEND_HOOK
+RAW_TRACEPOINT_PROBE(tcp_sendmsg_locked) { return tx_begin(1); }
+RAW_TRACEPOINT_PROBE(sock_send_length) { return tx_end(1); }
+#endif
 
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
@@ -644,21 +656,24 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
     return 0;
 }
 
-static __always_inline struct rx_batch *rx_begin(void)
+/* The receive state of the current thread of the process (0 for other processes). */
+static __always_inline struct rx_batch *rx_state(u64 flags)
 {
     u64 id = bpf_get_current_pid_tgid();
     if ((id >> 32) != PROC_TGID)
         return 0;
-    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0,
-                                                       BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!batch)
-        return 0;
+    return rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, flags);
+}
+
+/* Report the packets in the thread's batch: the socket layer is handing them to the process. */
+static __always_inline void rx_flush(struct rx_batch *batch, u32 tid, u64 now)
+{
+    for (u32 i = 0; i < RX_SLOTS; i++) {
+        if (i >= batch->n)
+            break;
+        record(DIR_IN, batch->slot[i].ts, now, tid, batch->slot[i].info);
+    }
     batch->n = 0;
-    batch->active = 1;
-    batch->claimed = 0;
-    batch->multi = 0;
-    batch->sk = 0;
-    return batch;
 }
 
 /* A packet handed to the process: move it from pending to the thread's batch. Returns
@@ -713,15 +728,18 @@ static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, stru
 #define TAKE_COPIED(batch, skb, key, now) rx_take(batch, key, now)
 #endif
 
+#if SOCK_RECV_HOOK
+#define RX_TAKING(batch) 1                  /* in any call: reported where the socket layer returns */
+#else
+#define RX_TAKING(batch) ((batch)->active)  /* in hooked receive calls: reported at their exit */
+#endif
+
 /* TCP, raw and ICMP sockets copy each packet through skb_copy_datagram_iter, which fires
- * skb_copy_datagram_iovec in the receiving task. */
+ * skb_copy_datagram_iovec in the receiving task, whichever call reads the socket. */
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
-        return 0;
-    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
-    if (!batch || !batch->active)
+    struct rx_batch *batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!batch || !RX_TAKING(batch))
         return 0;
     struct pkt p = {};
     struct corr_key key;
@@ -829,46 +847,57 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
     return 0;
 }
 
-RAW_TRACEPOINT_PROBE(sock_recv_length)
+/* The socket layer returned from sk (ret bytes, or an error) to the thread's UDP receive call:
+ * if that is the socket the call noted a datagram on, the datagram was handed over. */
+static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret, int flags, u32 tid,
+                                         u64 now)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
-        return 0;
-    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
-    if (!batch || !batch->active)
-        return 0;
     if (!batch->claimed && batch->sk) {
-        u64 sk = batch->sk;
-        struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-        if (waiter && waiter->claimed && waiter->tid == (u32)id) {
+        u64 watched = batch->sk;
+        struct udp_waiter *waiter = udp_waiters.lookup(&watched);
+        if (waiter && waiter->claimed && waiter->tid == tid) {
             __builtin_memcpy(&batch->claim, &waiter->claim, sizeof(batch->claim));
             batch->claimed = 1;
         }
-        udp_waiters.delete(&sk);
+        udp_waiters.delete(&watched);
     }
-    if (batch->sk != ctx->args[0]) {
+    if (batch->sk != sk) {
         batch->claimed = 0;
-        return 0;
+        return;
     }
-    if (batch->claimed && (int)ctx->args[1] >= 0 && !((int)ctx->args[2] & MSG_PEEK_))
-        rx_take(batch, &batch->claim, bpf_ktime_get_ns());
+    if (batch->claimed && ret >= 0 && !(flags & MSG_PEEK_))
+        rx_take(batch, &batch->claim, now);
     batch->claimed = 0;
     if (batch->multi)  /* recvmmsg reads the socket again within the same call */
         udp_expect(batch, batch->sk);
-    return 0;
 }
-#define WATCH_UDP(batch, fd) udp_watch(batch, fd)
-#else
-#define WATCH_UDP(batch, fd) do { } while (0)
+
 #endif
 
-static __always_inline int rx_end(void)
+/* The receive system calls are hooked for UDP, and on kernels without sock_recv_length, where
+ * packets are taken only inside these calls and reported at their exit. */
+#if UDP_CLAIM || !SOCK_RECV_HOOK
+/* The call starts (multi: a recvmmsg call); for UDP, note the datagram it will return. */
+static __always_inline int rx_call_begins(u64 fd, u32 multi)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
+    struct rx_batch *batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    if (!batch)
         return 0;
-    u32 tid = id;
-    struct rx_batch *batch = rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
+    batch->active = 1;
+    batch->claimed = 0;
+    batch->multi = multi;
+    batch->sk = 0;
+#if UDP_CLAIM
+    udp_watch(batch, fd);
+#endif
+    return 0;
+}
+
+/* The call ends: stop watching its socket (the waiter map stays bounded by live calls) and
+ * report what was taken and not yet reported. */
+static __always_inline int rx_call_ends(void)
+{
+    struct rx_batch *batch = rx_state(0);
     if (!batch || !batch->active)
         return 0;
     batch->active = 0;
@@ -876,42 +905,35 @@ static __always_inline int rx_end(void)
     if (batch->sk)
         udp_waiters.delete(&batch->sk);
 #endif
+    if (batch->n)
+        rx_flush(batch, (u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns());
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return rx_call_begins(args->fd, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return rx_call_begins(args->fd, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return rx_call_begins(args->fd, 1); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_call_ends(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_call_ends(); }
+TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }
+#endif
+
+#if SOCK_RECV_HOOK
+/* Every receive call of every socket ends here, with the socket, the bytes returned (or an
+ * error) and the call's flags: the packets the thread took during it are measured now. */
+RAW_TRACEPOINT_PROBE(sock_recv_length)
+{
+    struct rx_batch *batch = rx_state(0);
+    if (!batch)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 now = bpf_ktime_get_ns();
-    for (u32 i = 0; i < RX_SLOTS; i++) {
-        if (i >= batch->n)
-            break;
-        record(DIR_IN, batch->slot[i].ts, now, tid, batch->slot[i].info);
-    }
-    batch->n = 0;
+#if UDP_CLAIM
+    if (batch->active)
+        udp_returned(batch, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], tid, now);
+#endif
+    if (batch->n)
+        rx_flush(batch, tid, now);
     return 0;
 }
-
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg)
-{
-    struct rx_batch *batch = rx_begin();
-    if (batch)
-        WATCH_UDP(batch, args->fd);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
-{
-    struct rx_batch *batch = rx_begin();
-    if (batch)
-        WATCH_UDP(batch, args->fd);
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
-{
-    struct rx_batch *batch = rx_begin();
-    if (batch) {
-        batch->multi = 1;
-        WATCH_UDP(batch, args->fd);
-    }
-    return 0;
-}
-
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_end(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_end(); }
-TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_end(); }
+#endif

@@ -9,6 +9,7 @@ here are also what user space uses to decode the info bytes of an event.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from struct import Struct
@@ -106,14 +107,50 @@ def tcp_seq_offset(flt: ProtocolFilter) -> int:
     return next((s.offset for s in layout(flt.inbound).corr if s.field is Field.tcp_seq), -1)
 
 
-def tracepoints(flt: ProtocolFilter) -> tuple[str, ...]:
-    """The ``category:event`` tracepoints the program for ``flt`` attaches to."""
-    calls = ("sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg", "recvmmsg")
+@dataclass(frozen=True)
+class KernelHooks:
+    """Which optional tracepoints the running kernel has (the defaults: a recent kernel's)."""
+
+    sock_recv_length: bool = True
+    """Where the socket layer returns to any receive call (Linux 6.3 on). Without it, packets
+    are taken only inside recvfrom/recvmsg/recvmmsg, and UDP cannot be measured."""
+    tcp_sendmsg_locked: bool = True
+    """Where TCP starts queueing a send's data: TCP sent by write(), writev() or sendfile() is
+    measured from there."""
+
+    @classmethod
+    def detect(cls, exists: Callable[[str, str], bool]) -> KernelHooks:
+        """The hooks for which ``exists(category, event)`` says the tracepoint is there."""
+        return cls(sock_recv_length=exists("sock", "sock_recv_length"),
+                   tcp_sendmsg_locked=exists("tcp", "tcp_sendmsg_locked"))
+
+
+def tcp_send_hook(flt: ProtocolFilter, hooks: KernelHooks) -> bool:
+    """Whether the program for ``flt`` also starts TCP sends where TCP queues their data."""
+    return hooks.tcp_sendmsg_locked and layout(flt.outbound).transport in (0, _TRANSPORT_NUMBER[Header.tcp])
+
+
+def sock_recv_hook(flt: ProtocolFilter, hooks: KernelHooks) -> bool:
+    """Whether the program for ``flt`` reports received packets where the socket layer returns
+    (always for UDP, which needs it: the engine then refuses kernels without it)."""
+    return hooks.sock_recv_length or udp_claim(flt)
+
+
+def tracepoints(flt: ProtocolFilter, hooks: KernelHooks = KernelHooks()) -> tuple[str, ...]:
+    """The ``category:event`` tracepoints the program for ``flt`` attaches to on a kernel with ``hooks``."""
+    sock_recv = sock_recv_hook(flt, hooks)
+    calls = ["sendto", "sendmsg", "sendmmsg"]
+    if udp_claim(flt) or not sock_recv:  # see mace.c: the receive system calls
+        calls += ["recvfrom", "recvmsg", "recvmmsg"]
     names = [f"syscalls:sys_{edge}_{call}" for call in calls for edge in ("enter", "exit")]
     names += ["net:net_dev_queue", "net:net_dev_start_xmit", "net:net_dev_xmit", "net:netif_receive_skb",
               "skb:skb_copy_datagram_iovec"]
+    if sock_recv:
+        names += ["sock:sock_recv_length"]
     if udp_claim(flt):
-        names += ["sock:sk_data_ready", "sock:sock_recv_length"]
+        names += ["sock:sk_data_ready"]
+    if tcp_send_hook(flt, hooks):
+        names += ["tcp:tcp_sendmsg_locked", "sock:sock_send_length"]
     return tuple(names)
 
 
@@ -256,8 +293,9 @@ def wake_every(flt: ProtocolFilter, config: EngineConfig) -> int:
     return max(1, config.ringbuf_pages * os.sysconf("SC_PAGE_SIZE") // (4 * record * cpus))
 
 
-def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, config: EngineConfig) -> str:
-    """The generated C definitions that specialise mace.c to ``flt``."""
+def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, config: EngineConfig,
+            hooks: KernelHooks = KernelHooks()) -> str:
+    """The generated C definitions that specialise mace.c to ``flt`` on a kernel with ``hooks``."""
     out, inbound = layout(flt.outbound), layout(flt.inbound)
     span_start, span_len = offsets.skb_span()
     defines = {
@@ -281,6 +319,8 @@ def prelude(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, conf
     defines["UDP_CLAIM"] = int(udp_claim(flt))
     defines["TCP_SEQ_AT"] = tcp_seq_offset(flt)
     defines["TCP_CHAIN"] = TCP_CHAIN
+    defines["TCP_SEND_HOOK"] = int(tcp_send_hook(flt, hooks))
+    defines["SOCK_RECV_HOOK"] = int(sock_recv_hook(flt, hooks))
     defines["VXLAN"] = int(bool(config.vxlan_ports))
     defines["VXLAN_PORT(port)"] = vxlan_test(config.vxlan_ports)
     defines |= {f"C_{name.upper()}": i for i, name in enumerate(COUNTERS)}
@@ -299,10 +339,11 @@ def functions(flt: ProtocolFilter) -> str:
     )) + "\n"
 
 
-def program(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, config: EngineConfig) -> str:
+def program(flt: ProtocolFilter, offsets: KernelOffsets, netns: Namespaces, config: EngineConfig,
+            hooks: KernelHooks = KernelHooks()) -> str:
     """The complete C text for bcc: prelude, mace.c with the generated functions spliced in."""
     source = resources.files("mace_agent.bpf").joinpath("mace.c").read_text()
     marker = "/* ---- generated field copies ---- */"
     if marker not in source:
         raise RuntimeError(f"mace.c lacks the marker {marker!r}")
-    return prelude(flt, offsets, netns, config) + source.replace(marker, functions(flt))
+    return prelude(flt, offsets, netns, config, hooks) + source.replace(marker, functions(flt))

@@ -39,9 +39,12 @@ _PENDING_MAPS = (("out", b"tx_pending"), ("in", b"rx_pending"))
 class Engine:
     """Measures one filter's packets; a context manager that attaches on entry, detaches on exit."""
 
-    def __init__(self, flt: ProtocolFilter, config: EngineConfig | None = None) -> None:
+    def __init__(self, flt: ProtocolFilter, config: EngineConfig | None = None,
+                 hooks: codegen.KernelHooks | None = None) -> None:
+        """``hooks``: the optional tracepoints to use (default: those the running kernel has)."""
         self.filter = flt
         self.config = config or EngineConfig()
+        self._hooks = hooks
         problems = self.config.problems()
         if problems:
             raise ValueError("; ".join(problems))
@@ -66,7 +69,8 @@ class Engine:
             return
         began = time.monotonic()
         kernel.prepare()
-        kernel.require_tracepoints(codegen.tracepoints(self.filter))
+        hooks = self._hooks or codegen.KernelHooks.detect(kernel.tracepoint_exists)
+        kernel.require_tracepoints(codegen.tracepoints(self.filter, hooks))
         self._target = Target(self.filter.proc_id, self.filter.dev_id)
         try:
             offsets = codegen.KernelOffsets.from_btf(BTF.load())
@@ -74,7 +78,7 @@ class Engine:
             self.close()
             raise KernelFeatureError(f"kernel BTF: {error}") from None
         namespaces = codegen.Namespaces(agent=kernel.netns_inode(), process=self._target.netns_inode)
-        text = codegen.program(self.filter, offsets, namespaces, self.config)
+        text = codegen.program(self.filter, offsets, namespaces, self.config, hooks)
         try:
             from bcc import BPF  # imported late: it is slow and only needed here
 

@@ -77,10 +77,42 @@ def test_ip_and_transport_fields_come_from_the_header_bytes_read_once() -> None:
     assert "if (!p->l4 || bpf_probe_read_kernel(buf + 0, 8, p->l4 + 8))" in text
 
 
-def test_udp_hooks_only_when_ingress_may_be_udp() -> None:
+def test_receive_calls_are_hooked_only_when_ingress_may_be_udp() -> None:
+    """Other packets are taken wherever the thread copies them and reported when the socket layer
+    returns, whichever call reads (so read() too); UDP datagrams are noted when a receive call starts."""
+    udp = codegen.tracepoints(parse("dev-id: 1 proc-id: 1 in: corr: udp_payload info: "
+                                    "out: corr: udp_payload info:"))
+    ping = codegen.tracepoints(parse(PING))
+    receive_calls = {f"syscalls:sys_{edge}_{call}" for call in ("recvfrom", "recvmsg", "recvmmsg")
+                     for edge in ("enter", "exit")}
+    assert receive_calls | {"sock:sk_data_ready", "sock:sock_recv_length"} <= set(udp)
+    assert not receive_calls & set(ping) and "sock:sk_data_ready" not in ping
+    assert "sock:sock_recv_length" in ping and "skb:skb_copy_datagram_iovec" in ping
+
+
+def test_tcp_sends_by_other_calls_are_hooked_where_the_kernel_can() -> None:
+    tcp = parse("dev-id: 1 proc-id: 1 in: corr: tcp_seq info: out: corr: tcp_seq info:")
+    old = codegen.KernelHooks(tcp_sendmsg_locked=False)
+    assert codegen.tcp_send_hook(tcp, codegen.KernelHooks())
+    assert not codegen.tcp_send_hook(tcp, old)
+    assert not codegen.tcp_send_hook(parse(PING), codegen.KernelHooks())  # egress is ICMP
+    hooks = {"tcp:tcp_sendmsg_locked", "sock:sock_send_length"}
+    assert hooks <= set(codegen.tracepoints(tcp))
+    assert not hooks & set(codegen.tracepoints(tcp, old))
+    netns = codegen.Namespaces(1, 2)
+    assert "#define TCP_SEND_HOOK 1\n" in codegen.prelude(tcp, OFFSETS, netns, EngineConfig())
+    assert "#define TCP_SEND_HOOK 0\n" in codegen.prelude(tcp, OFFSETS, netns, EngineConfig(), old)
+
+
+def test_without_sock_recv_length_packets_are_reported_at_the_receive_calls_exit() -> None:
+    old = codegen.KernelHooks(sock_recv_length=False)
+    names = codegen.tracepoints(parse(PING), old)
+    assert "syscalls:sys_exit_recvmsg" in names and "sock:sock_recv_length" not in names
+    assert "#define SOCK_RECV_HOOK 0\n" in codegen.prelude(parse(PING), OFFSETS, codegen.Namespaces(1, 2),
+                                                            EngineConfig(), old)
     udp = parse("dev-id: 1 proc-id: 1 in: corr: udp_payload info: out: corr: udp_payload info:")
-    assert "sock:sock_recv_length" in codegen.tracepoints(udp)
-    assert "sock:sock_recv_length" not in codegen.tracepoints(parse(PING))
+    assert "sock:sock_recv_length" in codegen.tracepoints(udp, old)  # required: such kernels are refused
+    assert codegen.KernelHooks.detect(lambda category, event: category == "tcp") == old
 
 
 def test_program_splices_the_generated_functions() -> None:

@@ -1,6 +1,9 @@
-"""The engine measures ping's echo requests and replies, over raw and ICMP datagram sockets, v4 and v6."""
+"""The engine measures ping's echo requests and replies, over raw and ICMP datagram sockets, v4 and v6,
+routed or through a VXLAN overlay."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 from mace_agent.lab.events import info_values, shape_problems
@@ -13,20 +16,27 @@ pytestmark = pytest.mark.ebpf
 
 COUNT = 12
 FIELDS = {"ipv4": ("icmp_seq", "icmp_type", 8, 0), "ipv6": ("icmp6_seq", "icmp6_type", 128, 129)}
+ADDRESS_FIELDS = {"ipv4": ("ip_src_addr", "ip_dst_addr"), "ipv6": ("ip6_src_addr", "ip6_dst_addr")}
 SOCKET_TABLE = {("raw", "ipv4"): "raw", ("raw", "ipv6"): "raw6",
                 ("datagram", "ipv4"): "icmp", ("datagram", "ipv6"): "icmp6"}
 
 
 @pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-@pytest.mark.parametrize("kind", ["raw", "datagram"])
-def test_ping_requests_and_replies_are_measured(topology: Topology, kind: str, family: str) -> None:
-    t = topology
+@pytest.mark.parametrize(("kind", "vxlan_port"), [("raw", None), ("datagram", None), ("raw", 4789)],
+                         ids=["raw", "datagram", "raw-vxlan"])
+def test_ping_requests_and_replies_are_measured(make_topology: Callable[..., Topology], kind: str,
+                                                vxlan_port: int | None, family: str) -> None:
+    """Through the overlay, the outer device carries the pings inside VXLAN datagrams: the fields are
+    still the ping packets' own (the addresses are the pod's and the remote's, not the tunnel's)."""
+    t = make_topology(vxlan_port=vxlan_port)
     if kind == "datagram":
         t.allow_ping_sockets(t.pod.ns)
     seq_field, type_field, request_type, reply_type = FIELDS[family]
+    src_field, dst_field = ADDRESS_FIELDS[family]
     dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
     ping = Child(t, t.pod.ns, ping_argv(family, dest, COUNT), gated=True)
-    text = filter_text(t.uplink_ifindex, ping.pid, [seq_field], [seq_field, type_field])
+    text = filter_text(t.uplink_ifindex, ping.pid, [seq_field], [seq_field, type_field, dst_field],
+                       in_info=[seq_field, type_field, src_field])
     agent = AgentProcess(t, t.node, text)
     agent.wait_attached()
     ping.release()
@@ -46,6 +56,7 @@ def test_ping_requests_and_replies_are_measured(topology: Topology, kind: str, f
     assert sorted(info_values(inbound, seq_field)) == sorted(replies)
     assert set(info_values(out, type_field)) == {request_type}
     assert set(info_values(inbound, type_field)) == {reply_type}
+    assert {e["info"][dst_field] for e in out} == {e["info"][src_field] for e in inbound} == {dest}
     assert {e["proc_id"] for e in out + inbound} == {ping.pid}
     assert all(0 < e["latency_ns"] < 1_000_000_000 for e in out + inbound)
     assert summary["out"]["count"] == COUNT

@@ -1,12 +1,15 @@
-"""The engine measures TCP data segments in both directions, v4 and v6.
+"""The engine measures TCP data segments in both directions, v4 and v6, routed or through a VXLAN
+overlay.
 
 The TCP sequence numbers the engine reports are compared with those a packet socket on the outer
 device saw on the data-carrying segments (pure ACKs and the handshake carry no data and are not
-measured).
+measured); through the overlay, with those a packet socket saw on the node's VXLAN device (the same
+segments, before encapsulation and after decapsulation).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -24,21 +27,26 @@ def data_segments(capture: TrafficProcess, outgoing: bool) -> list[dict[str, Any
             if r.get("proto") == "tcp" and r["outgoing"] == outgoing and r["data_len"] > 0]
 
 
-@pytest.mark.parametrize(("family", "count", "response_bytes"), [
-    ("ipv4", 12, 64), ("ipv6", 12, 64),
-    ("ipv4", 4, 40_000),  # each response spans several segments (and several packets at the device)
-])
-def test_tcp_data_in_both_directions_is_measured(topology: Topology, family: str, count: int,
-                                                 response_bytes: int) -> None:
-    t = topology
+@pytest.mark.parametrize(("family", "count", "response_bytes", "vxlan_port", "file_calls"), [
+    ("ipv4", 12, 64, None, False), ("ipv6", 12, 64, None, False),
+    ("ipv4", 4, 40_000, None, False),  # each response spans several segments (and device packets)
+    ("ipv4", 12, 64, 4789, False),
+    ("ipv4", 4, 40_000, None, True),  # write and read, as Go, Java and Node.js use their sockets
+], ids=["ipv4", "ipv6", "ipv4-large", "ipv4-vxlan", "ipv4-large-write-read"])
+def test_tcp_data_in_both_directions_is_measured(make_topology: Callable[..., Topology], family: str,
+                                                 count: int, response_bytes: int,
+                                                 vxlan_port: int | None, file_calls: bool) -> None:
+    t = make_topology(vxlan_port=vxlan_port)
     dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
     TrafficProcess(t, t.remote.ns, "tcp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
-    capture = TrafficProcess(t, t.node, "capture", "--dev", t.remote.uplink, "--port", str(PORT),
+    seen_on = t.remote.uplink if vxlan_port is None else "vxlan0"
+    capture = TrafficProcess(t, t.node, "capture", "--dev", seen_on, "--port", str(PORT),
                              "--duration", "120")
     capture.wait_ready()
     client = TrafficProcess(t, t.pod.ns, "tcp-client", "--dest", dest, "--port", str(PORT),
                             "--count", str(count), "--rate", "20", "--request-bytes", "200",
-                            "--response-bytes", str(response_bytes), gated=True)
+                            "--response-bytes", str(response_bytes),
+                            *(["--file-calls"] if file_calls else []), gated=True)
     text = filter_text(t.uplink_ifindex, client.pid, ["tcp_seq"], ["tcp_seq", "tcp_dst_port"],
                        in_info=["tcp_seq", "tcp_src_port"])
     agent = AgentProcess(t, t.node, text)

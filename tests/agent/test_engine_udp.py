@@ -1,6 +1,9 @@
-"""The engine measures a UDP request/response client (sendto/recvmsg), v4 and v6."""
+"""The engine measures a UDP request/response client (sendto/recvmsg, sendmmsg/recvmmsg), v4 and v6,
+routed or through a VXLAN overlay."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import pytest
 from mace_agent.lab.events import info_int, info_values, shape_problems
@@ -23,9 +26,13 @@ def echo_and_client(t: Topology, dest: str, count: int, rate: float) -> TrafficP
                           "--count", str(count), "--rate", str(rate), "--seq-base", str(SEQ_BASE), gated=True)
 
 
-@pytest.mark.parametrize("family", ["ipv4", "ipv6"])
-def test_udp_requests_and_replies_are_measured(topology: Topology, family: str) -> None:
-    t = topology
+@pytest.mark.parametrize(("family", "vxlan_port"), [("ipv4", None), ("ipv6", None), ("ipv4", 8472)],
+                         ids=["ipv4", "ipv6", "ipv4-vxlan"])
+def test_udp_requests_and_replies_are_measured(make_topology: Callable[..., Topology], family: str,
+                                               vxlan_port: int | None) -> None:
+    """Also through an overlay on Linux's default VXLAN port (Flannel's), where the outer device sees
+    the datagrams inside VXLAN ones: the ports and addresses reported are still the datagrams' own."""
+    t = make_topology(vxlan_port=vxlan_port)
     dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
     src_field, dst_field = ADDRESS_FIELDS[family]
     client = echo_and_client(t, dest, COUNT, 50)

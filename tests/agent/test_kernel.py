@@ -111,6 +111,47 @@ LOOPBACK_CHILD = textwrap.dedent("""
 """)
 
 
+TCP_READERS_CHILD = textwrap.dedent("""
+    import json, os, socket, struct, sys
+    from mace.grammar import parse
+    from mace_agent.codegen import KernelHooks
+    from mace_agent.config import EngineConfig
+    from mace_agent.engine import Engine
+    os.system("ip link set lo up")
+    flt = parse(f"dev-id: {socket.if_nametoindex('lo')} proc-id: {os.getpid()} "
+                "in: corr: tcp_seq info: tcp_seq out: corr: tcp_seq info: tcp_seq")
+    count, recv_length_hook = int(sys.argv[1]), sys.argv[2] == "yes"
+    hooks = KernelHooks(sock_recv_length=recv_length_hook)
+    with Engine(flt, EngineConfig(map_entries=256), hooks) as engine:
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server, _ = listener.accept()
+        for seq in range(count):
+            client.send(struct.pack(">Q", seq))
+            data = server.recv(8) if seq % 2 == 0 else os.read(server.fileno(), 8)
+            assert len(data) == 8, data
+        summary = engine.snapshot().to_dict()
+    print(json.dumps(summary))
+""")
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("recv_length_hook", [True, False], ids=["sock_recv_length", "without"])
+def test_tcp_read_by_any_call_where_the_kernel_shows_the_socket_layer_return(namespace: str,
+                                                                              recv_length_hook: bool) -> None:
+    """With sock_recv_length, data read by read() is measured like data read by recv(); a kernel
+    without that tracepoint (simulated here) still measures what recv() reads."""
+    count = 10
+    command = ["ip", "netns", "exec", namespace, sys.executable, "-c", TCP_READERS_CHILD, str(count),
+               "yes" if recv_length_hook else "no"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["out"]["count"] == count
+    assert summary["in"]["count"] == (count if recv_length_hook else count // 2)
+
+
 @pytest.fixture
 def namespace() -> Iterator[str]:
     name = f"mace-t{os.getpid()}-kernel"

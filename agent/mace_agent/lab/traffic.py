@@ -16,6 +16,7 @@ import ctypes
 import errno
 import json
 import os
+import select
 import selectors
 import signal
 import socket
@@ -263,16 +264,31 @@ def udp_flood(dest: str, port: int, duration: float, size: int, rate: float) -> 
 
 # -- TCP ------------------------------------------------------------------------------------------
 
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+def _recv_exact(sock: socket.socket, size: int, use_read: bool = False) -> bytes | None:
+    """``size`` bytes read with recvmsg(2), or with read(2) (as Go and Java read sockets); None at EOF."""
     chunks: list[bytes] = []
     got = 0
     while got < size:
-        data, _anc, _flags, _peer = sock.recvmsg(size - got)
+        if use_read:
+            if not select.select([sock], [], [], sock.gettimeout())[0]:
+                raise TimeoutError("read: timed out")
+            data = os.read(sock.fileno(), size - got)
+        else:
+            data = sock.recvmsg(size - got)[0]
         if not data:
             return None
         chunks.append(data)
         got += len(data)
     return b"".join(chunks)
+
+
+def _write_all(sock: socket.socket, data: bytes) -> None:
+    """All of ``data`` written with write(2)."""
+    view = memoryview(data)
+    while view:
+        if not select.select([], [sock], [], sock.gettimeout())[1]:
+            raise TimeoutError("write: timed out")
+        view = view[os.write(sock.fileno(), view):]
 
 
 def tcp_request(seq: int, request_bytes: int, response_bytes: int) -> bytes:
@@ -305,8 +321,11 @@ def tcp_server(bind: str, port: int) -> None:
 
 
 def tcp_client(dest: str, port: int, count: int, rate: float, request_bytes: int, response_bytes: int,
-               seq_base: int, timeout: float) -> int:
-    """Connect, then send ``count`` requests and read each response; print one line per request."""
+               seq_base: int, timeout: float, file_calls: bool = False) -> int:
+    """Connect, then send ``count`` requests and read each response; print one line per request.
+
+    The socket calls are sendto and recvmsg, or with ``file_calls`` write and read (as Go, Java
+    and Node.js use their sockets)."""
     sock = socket.create_connection((dest, port), timeout=timeout)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     pacer = _Pacer(rate)
@@ -315,10 +334,14 @@ def tcp_client(dest: str, port: int, count: int, rate: float, request_bytes: int
         pacer.wait()
         seq = seq_base + i
         record: dict[str, Any] = {"seq": seq, "send_start_ns": time.monotonic_ns()}
-        sock.sendall(tcp_request(seq, request_bytes, response_bytes))
+        request = tcp_request(seq, request_bytes, response_bytes)
+        if file_calls:
+            _write_all(sock, request)
+        else:
+            sock.sendall(request)
         record["send_end_ns"] = record["recv_start_ns"] = time.monotonic_ns()
         try:
-            response = _recv_exact(sock, response_bytes)
+            response = _recv_exact(sock, response_bytes, file_calls)
         except TimeoutError:
             response = None
         record["recv_end_ns"] = time.monotonic_ns()
@@ -461,6 +484,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--response-bytes", type=int, default=64)
     p.add_argument("--seq-base", type=int, default=1)
     p.add_argument("--timeout", type=float, default=2.0)
+    p.add_argument("--file-calls", action="store_true",
+                   help="write(2) the requests and read(2) the responses, not sendto(2) and recvmsg(2)")
 
     p = sub.add_parser("capture", help="packet-socket timestamps of the frames on one device")
     p.add_argument("--dev", required=True)
@@ -491,7 +516,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tcp_server(args.bind, args.port)
         elif args.command == "tcp-client":
             return tcp_client(args.dest, args.port, args.count, args.rate, max(16, args.request_bytes),
-                              max(8, args.response_bytes), args.seq_base, args.timeout)
+                              max(8, args.response_bytes), args.seq_base, args.timeout, args.file_calls)
         elif args.command == "capture":
             return capture(args.dev, args.duration, args.count, args.port)
     except KeyboardInterrupt:
