@@ -8,8 +8,10 @@ socket (a hooked call that returns nothing). Configurations alternate in rounds,
 random order each round:
 
     none          no programs attached
-    empty         programs that return 0, on every hook the engine uses
-    nonmatch      the engine, its filter naming another process (an idle one in the same pod)
+    empty         programs that return 0, on every hook the engine uses for a UDP filter
+    nonmatch      the engine, a UDP filter naming another process (an idle one in the same pod):
+                  UDP needs the receive system calls hooked
+    nonmatch-tcp  the same with a TCP filter, for which only the send system calls are hooked
     empty-rawsys  experiment: empty raw tracepoints on every system call's entry and exit
                   (raw_syscalls) instead of the engine's system-call hooks
 
@@ -43,8 +45,13 @@ from benchlib import (
 from mace_agent.lab.processes import filter_text
 from mace_agent.lab.topology import Topology
 
-CONFIGS = ("none", "empty", "nonmatch", "empty-rawsys")
-KINDS = {"empty": "empty", "nonmatch": "engine", "empty-rawsys": "empty-rawsys"}
+CONFIGS = ("none", "empty", "nonmatch", "nonmatch-tcp", "empty-rawsys")
+PROGRAM_SETS = {  # configuration: (hookctl kind, the filter's corr field)
+    "empty": ("empty", "udp_payload"),
+    "nonmatch": ("engine", "udp_payload"),
+    "nonmatch-tcp": ("engine", "tcp_seq"),
+    "empty-rawsys": ("empty-rawsys", "udp_payload"),
+}
 CALLS = ("getppid", "recvfrom")
 
 
@@ -72,8 +79,8 @@ def main() -> int:
         idle = idle_process(t, t.pod.ns)
         ctl = HookControl(t, t.node)
         try:
-            text = filter_text(t.uplink_ifindex, idle.pid, ["udp_payload"], ["udp_payload"])
-            for config, kind in KINDS.items():
+            for config, (kind, field) in PROGRAM_SETS.items():
+                text = filter_text(t.uplink_ifindex, idle.pid, [field], [field])
                 ctl.request("load", name=config, kind=kind, filter=text)
             for _ in range(args.rounds):
                 order = list(CONFIGS)

@@ -924,8 +924,13 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
     struct rx_batch *batch = rx_state(0);
-    if (!batch)
+#if UDP_CLAIM
+    if (!batch || !(batch->active | batch->n))
         return 0;
+#else
+    if (!batch || !batch->n)  /* most returns (a busy-polling reader's) carry nothing taken */
+        return 0;
+#endif
     u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 now = bpf_ktime_get_ns();
 #if UDP_CLAIM
