@@ -162,7 +162,9 @@ def run_demo(duration: float, stream: bool, out: TextIO | None = None) -> int:
     if not 0 < duration <= 3600:
         print("mace demo: --duration must be between 0 and 3600 seconds", file=sys.stderr)
         return EXIT_USAGE
-    previous = signal.signal(signal.SIGTERM, _interrupt)
+    # Ctrl-C and SIGTERM stop the run and clean up, even where SIGINT was inherited as ignored (a
+    # shell's background job, a CI runner), in which case Python would leave it ignored.
+    previous = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     prefix = f"mace-demo-{os.getpid()}"
     code = EXIT_FAILED
     try:
@@ -174,7 +176,8 @@ def run_demo(duration: float, stream: bool, out: TextIO | None = None) -> int:
         print(f"mace demo: {error}", file=sys.stderr)
         code = EXIT_FAILED
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     out.write(f"Removed the namespaces {prefix}-* and everything in them.\n")
     out.flush()
     return code
