@@ -12,7 +12,7 @@
  *
  * Egress:  sys_enter_sendto/sendmsg/sendmmsg (the thread's start time, task-local; every packet
  *          of a sendmmsg call starts when the call does), or for TCP sent by other calls
- *          (write, writev, sendfile) tcp_sendmsg_locked, where TCP starts queueing the data
+ *          (write, writev) tcp_sendmsg_locked, where TCP starts queueing the data
  *          (TCP_SEND_HOOK: kernels that have it)
  *          -> net_dev_queue in that task's context (packet id -> start time)
  *          -> net_dev_start_xmit on the device (look up, stash per CPU)
@@ -502,7 +502,7 @@ static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key 
 /* ---- egress ---- */
 
 /* A send starts: at a send system call's entry, or (by_socket) where TCP starts queueing the
- * data of a call that entered no hooked system call (write, writev, sendfile, io_uring). */
+ * data of a call that entered no hooked system call (write, writev). */
 static __always_inline int tx_begin(u32 by_socket)
 {
     u64 id = bpf_get_current_pid_tgid();

@@ -115,7 +115,7 @@ class KernelHooks:
     """Where the socket layer returns to any receive call (Linux 6.3 on). Without it, packets
     are taken only inside recvfrom/recvmsg/recvmmsg, and UDP cannot be measured."""
     tcp_sendmsg_locked: bool = True
-    """Where TCP starts queueing a send's data: TCP sent by write(), writev() or sendfile() is
+    """Where TCP starts queueing a send's data: TCP sent by write() or writev() is
     measured from there."""
 
     @classmethod
