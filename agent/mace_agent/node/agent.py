@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from kubernetes import client
 
@@ -16,6 +16,7 @@ from mace_agent.node.events import EventHub
 from mace_agent.node.metrics import AgentHealth
 from mace_agent.node.publisher import Publisher
 from mace_agent.node.registry import Registry
+from mace_agent.node.runs import RUN_ENGINE
 from mace_agent.node.server import AgentHTTPServer
 
 log = logging.getLogger("mace_agent.node")
@@ -42,7 +43,7 @@ class Agent:
         self.node = settings.node
         self.hub = EventHub()
         self.registry = Registry(self.hub, settings.max_probes, settings.publish_interval,
-                                 settings.vxlan_ports)
+                                 replace(RUN_ENGINE, vxlan_ports=settings.vxlan_ports))
         self.controller = Controller(watch_api, settings.node, self.registry)
         self.publisher = Publisher(api, settings.node, self.registry, settings.publish_interval)
         self.reviewer = TokenReviewer(api, settings.resolve_users) if settings.resolve_users else None

@@ -10,9 +10,9 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from mace_agent.config import DEFAULT_VXLAN_PORTS
+from mace_agent.config import EngineConfig
 from mace_agent.node.events import EventHub
-from mace_agent.node.runs import ProbeRun, RunSpec
+from mace_agent.node.runs import RUN_ENGINE, ProbeRun, RunSpec
 
 
 @dataclass
@@ -33,11 +33,11 @@ class Registry:
     """Active runs by probe key (``namespace/name``), bounded by ``max_probes``."""
 
     def __init__(self, hub: EventHub, max_probes: int, snapshot_interval: float,
-                 vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS) -> None:
+                 engine_config: EngineConfig = RUN_ENGINE) -> None:
         self.hub = hub
         self.max_probes = max_probes
         self.snapshot_interval = snapshot_interval
-        self.vxlan_ports = vxlan_ports
+        self.engine_config = engine_config
         self._lock = threading.Lock()
         self._active: dict[str, ProbeRun] = {}
         self._retired: list[Retired] = []
@@ -55,7 +55,7 @@ class Registry:
 
         Over ``max_probes`` the run is parked in Error instead; it starts when another run is retired.
         """
-        run = ProbeRun(spec, self.hub, self.snapshot_interval, self.vxlan_ports)
+        run = ProbeRun(spec, self.hub, self.snapshot_interval, self.engine_config)
         with self._lock:
             self._retire_locked(spec.key, final_stopped=False)
             running = sum(not r.parked for r in self._active.values())

@@ -13,11 +13,11 @@ from __future__ import annotations
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mace.grammar import FilterError, parse
 from mace.models import ProtocolFilter
-from mace_agent.config import DEFAULT_VXLAN_PORTS, EngineConfig
+from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
 from mace_agent.kernel import KernelFeatureError
 from mace_agent.node.events import EventHub
@@ -32,8 +32,10 @@ FIRST_SNAPSHOT_S = 1.0
 ``snapshot_interval`` (the publish interval). Reading the in-kernel histograms costs ~3 ms of CPU."""
 IDLE_SNAPSHOT_S = 30.0
 """Without events a snapshot is still taken this often (counters that move without events: unmatched)."""
-EXACT_VALUES = 1024
-"""Latencies per direction kept for exact percentiles (bounded; the in-kernel histogram takes over)."""
+RUN_ENGINE = EngineConfig(stream=True, exact_values=1024)
+"""How a probe's engine is set up: the stream on (the /events endpoint), 1024 latencies per direction
+kept for exact percentiles (then the in-kernel histogram takes over). The rate limit is the probe's;
+the agent adds its node settings (VXLAN ports)."""
 
 _engine_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-worker")
 
@@ -56,11 +58,11 @@ class ProbeRun:
     """A thread measuring one probe; read ``state``, ``message`` and ``snapshot`` from anywhere."""
 
     def __init__(self, spec: RunSpec, hub: EventHub, snapshot_interval: float = FIRST_SNAPSHOT_S,
-                 vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS) -> None:
+                 engine_config: EngineConfig = RUN_ENGINE) -> None:
         self.spec = spec
         self.hub = hub
         self.snapshot_interval = snapshot_interval
-        self.vxlan_ports = vxlan_ports
+        self.engine_config = engine_config
         self.state = ATTACHING
         self.message: str | None = None
         self.snapshot: Snapshot | None = None
@@ -107,8 +109,7 @@ class ProbeRun:
         except FilterError as error:
             self._fail(f"invalid filter in status: {error}")
             return
-        engine = Engine(flt, EngineConfig(rate_limit=self._rate, stream=True, exact_values=EXACT_VALUES,
-                                          vxlan_ports=self.vxlan_ports))
+        engine = Engine(flt, replace(self.engine_config, rate_limit=self._rate))
         if self._stop.is_set():
             return
         try:
