@@ -4,6 +4,7 @@ routed or through a VXLAN overlay."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from mace_agent.lab.events import info_int, info_values, shape_problems
@@ -19,11 +20,23 @@ SEQ_BASE = 0x4D41_4345_0000_0001
 ADDRESS_FIELDS = {"ipv4": ("ip_src_addr", "ip_dst_addr"), "ipv6": ("ip6_src_addr", "ip6_dst_addr")}
 
 
-def echo_and_client(t: Topology, dest: str, count: int, rate: float) -> TrafficProcess:
-    """An echo server in the remote namespace and a gated client in the pod sending ``count`` requests."""
+def echo_and_client(t: Topology, command: str, *args: str) -> TrafficProcess:
+    """An echo server in the remote namespace and a gated lab client ``command`` in the pod."""
     TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
-    return TrafficProcess(t, t.pod.ns, "udp-client", "--dest", dest, "--port", str(PORT),
-                          "--count", str(count), "--rate", str(rate), "--seq-base", str(SEQ_BASE), gated=True)
+    return TrafficProcess(t, t.pod.ns, command, "--port", str(PORT), "--seq-base", str(SEQ_BASE), *args,
+                          gated=True)
+
+
+def measured_run(t: Topology, client: TrafficProcess, text: str, requests: int,
+                 *agent_args: str) -> tuple[AgentProcess, list[dict[str, Any]]]:
+    """Attach an agent for ``text``, then let ``client`` send its ``requests`` and get every reply;
+    returns the agent (still running) and the client's per-request records."""
+    agent = AgentProcess(t, t.node, text, extra_args=agent_args)
+    agent.wait_attached()
+    client.release()
+    records, done = client.wait_done()
+    assert done == {"sent": requests, "received": requests}
+    return agent, records
 
 
 @pytest.mark.parametrize(("family", "vxlan_port"), [("ipv4", None), ("ipv6", None), ("ipv4", 8472)],
@@ -35,15 +48,11 @@ def test_udp_requests_and_replies_are_measured(make_topology: Callable[..., Topo
     t = make_topology(vxlan_port=vxlan_port)
     dest = t.remote.ipv4 if family == "ipv4" else t.remote.ipv6
     src_field, dst_field = ADDRESS_FIELDS[family]
-    client = echo_and_client(t, dest, COUNT, 50)
+    client = echo_and_client(t, "udp-client", "--dest", dest, "--count", str(COUNT), "--rate", "50")
     text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"],
                        ["udp_payload", "udp_dst_port", dst_field],
                        in_info=["udp_payload", "udp_src_port", src_field])
-    agent = AgentProcess(t, t.node, text)
-    agent.wait_attached()
-    client.release()
-    requests, done = client.wait_done()
-    assert done == {"sent": COUNT, "received": COUNT}
+    agent, requests = measured_run(t, client, text, COUNT)
 
     agent.wait_events(lambda e: e["direction"] == "in", COUNT)
     summary = agent.stop()
@@ -67,13 +76,10 @@ def test_sends_after_idle_spells_longer_than_the_ttl_are_measured(topology: Topo
     must reopen them in time for its own packet."""
     t = topology
     count, ttl_s = 4, 0.2
-    client = echo_and_client(t, t.remote.ipv4, count, 1 / (3 * ttl_s))
+    client = echo_and_client(t, "udp-client", "--dest", t.remote.ipv4, "--count", str(count),
+                             "--rate", str(1 / (3 * ttl_s)))
     text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"], ["udp_payload"])
-    agent = AgentProcess(t, t.node, text, extra_args=["--ttl", str(ttl_s)])
-    agent.wait_attached()
-    client.release()
-    requests, done = client.wait_done()
-    assert done == {"sent": count, "received": count}
+    agent, requests = measured_run(t, client, text, count, "--ttl", str(ttl_s))
     agent.wait_events(lambda e: e["direction"] == "out", count)
     summary = agent.stop()
     assert sorted(info_values(agent.events_of("out"), "udp_payload")) == [r["seq"] for r in requests]
@@ -86,17 +92,11 @@ def test_requests_sent_together_with_sendmmsg_are_each_measured(topology: Topolo
     from the call's start. Replies read several at a time by recvmmsg are each measured too."""
     t = topology
     rounds, batch = 8, 3
-    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
-    client = TrafficProcess(t, t.pod.ns, "udp-batch-client", "--dest", t.remote.ipv4, "--port", str(PORT),
-                            "--count", str(rounds), "--batch", str(batch), "--rate", "20",
-                            "--seq-base", str(SEQ_BASE), *(["--recvmmsg"] if receive == "recvmmsg" else []),
-                            gated=True)
+    client = echo_and_client(t, "udp-batch-client", "--dest", t.remote.ipv4, "--count", str(rounds),
+                             "--batch", str(batch), "--rate", "20",
+                             *(["--recvmmsg"] if receive == "recvmmsg" else []))
     text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"], ["udp_payload"])
-    agent = AgentProcess(t, t.node, text)
-    agent.wait_attached()
-    client.release()
-    requests, done = client.wait_done()
-    assert done == {"sent": rounds * batch, "received": rounds * batch}
+    agent, requests = measured_run(t, client, text, rounds * batch)
 
     agent.wait_events(lambda e: e["direction"] == "in", rounds * batch)
     summary = agent.stop()
