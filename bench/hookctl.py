@@ -37,17 +37,16 @@ from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
 
 from mace.grammar import parse
-from mace.models import ProtocolFilter
 
 Record = dict[str, Any]
 POLL_S = 0.2
-EMPTY_KINDS: dict[str, Callable[[ProtocolFilter], tuple[str, ...]]] = {
-    "empty": lambda flt: codegen.tracepoints(flt),
-    "empty-syscalls": lambda flt: tuple(h for h in codegen.tracepoints(flt) if h.startswith("syscalls:")),
-    "empty-net": lambda flt: tuple(h for h in codegen.tracepoints(flt) if not h.startswith("syscalls:")),
-    "empty-rawsys": lambda flt: ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit"),
+EMPTY_KINDS: dict[str, Callable[[tuple[str, ...]], tuple[str, ...]]] = {
+    "empty": lambda hooks: hooks,
+    "empty-syscalls": lambda hooks: tuple(h for h in hooks if h.startswith("syscalls:")),
+    "empty-net": lambda hooks: tuple(h for h in hooks if not h.startswith("syscalls:")),
+    "empty-rawsys": lambda hooks: ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit"),
 }
-"""The hooks each kind of empty program set takes, given the filter."""
+"""The hooks each kind of empty program set takes, given the engine's for the filter."""
 
 
 def empty_program(hooks: tuple[str, ...]) -> str:
@@ -117,7 +116,9 @@ class Loaded:
             kernel.prepare()
             from bcc import BPF
 
-            self.programs = Programs(BPF(text=empty_program(EMPTY_KINDS[kind](flt)).encode()))
+            # the engine's hooks for this filter on this kernel (as Engine.start picks them)
+            engine_hooks = codegen.tracepoints(flt, codegen.KernelHooks.detect(kernel.tracepoint_exists))
+            self.programs = Programs(BPF(text=empty_program(EMPTY_KINDS[kind](engine_hooks)).encode()))
         elif kind == "engine":
             self.engine = Engine(flt, EngineConfig(stream=False))
             self.engine.start()
