@@ -11,7 +11,7 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from mace.grammar import MAX_FILTER_CHARS
 from mace.models import PID_MAX, FlowSpec
@@ -41,8 +41,30 @@ MAX_MESSAGE_CHARS = 1024
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-IFNAME = r"^[^/:\s]+$"
-"""Linux device names: 1-15 bytes, no slash, colon or whitespace."""
+_IFNAME_CHAR = r"[^/:\x00\x09-\x0d\x20]"
+_IFNAME_FIRST = r"[^/:\x00\x09-\x0d\x20.]"
+IFNAME = rf"^({_IFNAME_FIRST}|\.{_IFNAME_FIRST}|\.\.{_IFNAME_CHAR}){_IFNAME_CHAR}*$"
+"""Linux device names as the kernel's ``dev_valid_name`` takes them: no slash, colon, NUL or ASCII
+whitespace, and neither ``.`` nor ``..`` (a pattern without look-ahead: Kubernetes checks it with RE2)."""
+IFNAME_MAX_BYTES = 15
+"""IFNAMSIZ less the terminating NUL: the limit is in bytes (UTF-8), not characters."""
+
+
+def _device_name_fits(name: str) -> str:
+    if len(name.encode()) > IFNAME_MAX_BYTES:
+        raise ValueError(f"a device name is at most {IFNAME_MAX_BYTES} bytes (UTF-8), got "
+                         f"{len(name.encode())}")
+    return name
+
+
+DeviceName = Annotated[
+    str,
+    Field(min_length=1, max_length=IFNAME_MAX_BYTES, pattern=IFNAME, json_schema_extra={
+        "x-kubernetes-validations": [{"rule": f"size(bytes(self)) <= {IFNAME_MAX_BYTES}",
+                                      "message": f"a device name is at most {IFNAME_MAX_BYTES} bytes"}]}),
+    AfterValidator(_device_name_fits),
+]
+"""A device name Linux accepts: 1-15 bytes, not ``.`` or ``..``, no ``/``, ``:`` or whitespace."""
 
 
 Pid = Annotated[int, Field(ge=1, le=PID_MAX)]
@@ -70,8 +92,8 @@ class LatencyProbeSpec(_Model):
         default=1000, alias="maxEventsPerSecond", ge=1, le=MAX_EVENTS_PER_SECOND,
         description="Per-packet events the agent takes from this probe per second; the rest are "
                     "counted in status.results.rateLimited.")
-    outer_device: str | None = Field(
-        default=None, alias="outerDevice", min_length=1, max_length=15, pattern=IFNAME,
+    outer_device: DeviceName | None = Field(
+        default=None, alias="outerDevice",
         description="Node device that is the far end of the measured path; the device of the "
                     "node's default route if unset.")
 

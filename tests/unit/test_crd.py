@@ -137,7 +137,8 @@ def test_schema_rejects_unknown_field_names(schema: dict[str, Any], example: dic
 
 @pytest.mark.parametrize(("key", "value"), [
     ("pod", "Not_A_Pod"), ("maxEventsPerSecond", 0), ("durationSeconds", 0), ("outerDevice", "a/b"),
-    ("outerDevice", "sixteen-chars-xx"), ("container", "-x"), ("podd", "x"),
+    ("outerDevice", "sixteen-chars-xx"), ("outerDevice", "."), ("outerDevice", ".."),
+    ("outerDevice", "eth 0"), ("outerDevice", "eth\x0b0"), ("container", "-x"), ("podd", "x"),
 ])
 def test_schema_and_model_reject_bad_spec_values(schema: dict[str, Any], example: dict[str, Any],
                                                   key: str, value: object) -> None:
@@ -146,6 +147,23 @@ def test_schema_and_model_reject_bad_spec_values(schema: dict[str, Any], example
     assert schema_errors(probe, schema)
     with pytest.raises(ValueError):
         LatencyProbeSpec.model_validate(probe["spec"])
+
+
+@pytest.mark.parametrize(("name", "valid"), [
+    ("eth0", True), ("...", True), (".a", True), ("a.", True), ("x" * 15, True), ("é" * 7, True),
+    ("é" * 8, False), ("a\x00b", False), (".", False), ("..", False), ("", False),
+])
+def test_device_names_follow_linux_dev_valid_name(schema: dict[str, Any], example: dict[str, Any],
+                                                  name: str, valid: bool) -> None:
+    """Linux counts 15 bytes, not characters: the model says so, the CRD with a CEL rule."""
+    spec = {**example["spec"], "outerDevice": name}
+    if valid:
+        LatencyProbeSpec.model_validate(spec)
+    else:
+        with pytest.raises(ValueError):
+            LatencyProbeSpec.model_validate(spec)
+    rules = schema["properties"]["spec"]["properties"]["outerDevice"]["x-kubernetes-validations"]
+    assert [r["rule"] for r in rules] == ["size(bytes(self)) <= 15"]
 
 
 def test_example_round_trips_through_the_models(example: dict[str, Any]) -> None:
