@@ -7,15 +7,19 @@
     POST /resolve   the operator's lookup (bearer token checked with a TokenReview)
 
 Everything but ``/resolve`` is read-only and reveals only what the probes' statuses already show. At most
-``MAX_CONNECTIONS`` requests are served at once; request bodies are capped at ``MAX_BODY`` bytes.
+``MAX_CONNECTIONS`` requests are served at once; request bodies are capped at ``MAX_BODY`` bytes. A request
+must arrive whole (request line, headers, body) within ``REQUEST_DEADLINE_S``, however slowly its bytes
+trickle in; a malformed one gets a 4xx, and a client that goes away early costs one log line.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import select
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -23,6 +27,9 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
+from pydantic import TypeAdapter, ValidationError
+
+from mace.probe import DeviceName
 from mace_agent.node import metrics, resolver
 from mace_agent.node.events import TooManySubscribers
 
@@ -35,8 +42,13 @@ MAX_CONNECTIONS = 64
 MAX_BODY = 64 * 1024
 MAX_CONTAINERS = 64
 READ_TIMEOUT_S = 10.0
+"""Longest wait for one read from a client."""
+REQUEST_DEADLINE_S = 10.0
+"""Longest time from accepting a connection to having its whole request (a slow client's bytes keep it
+under ``READ_TIMEOUT_S`` per read, never longer than this in all)."""
 MAX_STREAM_S = 24 * 3600.0
 GET_PATHS = ("/healthz", "/readyz", "/metrics", "/events")
+_DEVICE_NAME: TypeAdapter[str] = TypeAdapter(DeviceName)
 
 
 class AgentHTTPServer(ThreadingHTTPServer):
@@ -68,6 +80,15 @@ class AgentHTTPServer(ThreadingHTTPServer):
         finally:
             self.slots.release()
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away or stalled is one line; anything else keeps its traceback."""
+        error = sys.exception()
+        if isinstance(error, OSError):
+            log.info("client %s: connection ended early (%s)", client_address[0],
+                     type(error).__name__)
+        else:
+            log.exception("serving %s failed", client_address[0])
+
 
 class Handler(BaseHTTPRequestHandler):
     server: AgentHTTPServer
@@ -76,6 +97,49 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), format % args)
+
+    # -- the request deadline -------------------------------------------------------------------
+
+    def setup(self) -> None:
+        super().setup()
+        self._deadline = time.monotonic() + REQUEST_DEADLINE_S
+        self._expired = False
+        self._reading = threading.Lock()
+        self._timer = threading.Timer(REQUEST_DEADLINE_S, self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _expire(self) -> None:
+        """The request did not arrive in time: end the reads (the reading thread then answers 408)."""
+        with self._reading:
+            if not self._timer.finished.is_set() and not self._expired:  # not cancelled meanwhile
+                self._expired = True
+                with contextlib.suppress(OSError):
+                    self.connection.shutdown(socket.SHUT_RD)
+
+    def _request_read(self) -> bool:
+        """Stop the deadline once the whole request is in; False (and a 408 sent) if it ran out."""
+        with self._reading:
+            self._timer.cancel()
+            expired = self._expired
+        if expired:
+            self.close_connection = True
+            self._error(408, "RequestTimeout",
+                        f"the request did not arrive within {REQUEST_DEADLINE_S:.0f} s")
+        return not expired
+
+    def finish(self) -> None:
+        self._timer.cancel()
+        super().finish()
+
+    def parse_request(self) -> bool:
+        if self._expired:  # what arrived of the request line is not worth parsing
+            self.command, self.request_version = "", "HTTP/1.0"
+            self.requestline = str(getattr(self, "raw_requestline", b""), "iso-8859-1").rstrip("\r\n")
+            return self._request_read()
+        if not super().parse_request():
+            return False
+        return self.command == "POST" or self._request_read()
 
     # -- replies --------------------------------------------------------------------------------
 
@@ -202,13 +266,20 @@ class Handler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if not 0 < length <= MAX_BODY:
+            self.close_connection = True
             self._error(400 if length <= 0 else 413, "BadRequest",
-                        f"send a JSON body of at most {MAX_BODY} bytes")
+                        f"send a JSON body of at most {MAX_BODY} bytes, with its Content-Length")
+            return
+        raw = self._read_body(length)
+        if not self._request_read():
+            return
+        if len(raw) < length:
+            self._error(400, "BadRequest", f"the body ended after {len(raw)} of {length} bytes")
             return
         try:
-            body = json.loads(self.rfile.read(length))
-        except (ValueError, UnicodeDecodeError):
-            self._error(400, "BadRequest", "body is not JSON")
+            body = json.loads(raw)
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            self._error(400, "BadRequest", "body is not JSON (UTF-8, nested at most a few hundred deep)")
             return
         problem = _check_request(body)
         if problem:
@@ -224,6 +295,21 @@ class Handler(BaseHTTPRequestHandler):
             return
         self._json(200, answer.as_json())
 
+    def _read_body(self, length: int) -> bytes:
+        """Up to ``length`` bytes of body: fewer if the client stops sending (or the deadline ends it)."""
+        chunks: list[bytes] = []
+        got = 0
+        try:
+            while got < length:
+                chunk = self.rfile.read1(length - got)
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                got += len(chunk)
+        except TimeoutError:
+            pass
+        return b"".join(chunks)
+
 
 def _check_request(body: Any) -> str | None:
     """What is wrong with a /resolve request body (None if nothing)."""
@@ -236,6 +322,9 @@ def _check_request(body: Any) -> str | None:
     if not isinstance(body.get("podIP"), str):
         return "podIP must be a string"
     outer = body.get("outerDevice")
-    if outer is not None and (not isinstance(outer, str) or not 0 < len(outer) <= 15):
-        return "outerDevice must be null or a device name (1-15 characters)"
+    if outer is not None:
+        try:
+            _DEVICE_NAME.validate_python(outer, strict=True)
+        except ValidationError:
+            return "outerDevice must be null or a device name Linux accepts (1-15 bytes, not . or ..)"
     return None
