@@ -22,12 +22,18 @@ FINALIZER = f"{GROUP}/stop-measurement"
 DELETE_GRACE = timedelta(seconds=10)
 """How long a deleted probe waits for its agent to report the run stopped."""
 
+
 def settings(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
-    """Operator settings: state kept in ``mace.dev/`` annotations (the status schema is strict)."""
+    """Operator settings: state kept in ``mace.dev/`` annotations (the status schema is strict).
+
+    The diff base holds the spec alone (kopf's default copies the labels and annotations too, so a
+    probe with a large annotation grew past the API server's object size limit and every patch, the
+    finalizer's removal included, failed): the only change handler watches ``spec``.
+    """
     settings.persistence.finalizer = FINALIZER
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-spec")
+        prefix=GROUP, key="last-handled-spec", ignored_fields=["metadata"])
     settings.posting.level = logging.WARNING
     return settings
 

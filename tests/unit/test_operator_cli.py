@@ -50,3 +50,14 @@ def test_state_lives_in_annotations_and_handlers_have_ids() -> None:
     register(registry, Reconciler(api=None, agents=None))  # type: ignore[arg-type]
     ids = {h.id for h in registry._changing.get_all_handlers()}
     assert {"probe-create", "probe-update/spec", "probe-resume", "stop-measurement"} <= ids
+
+
+def test_bookkeeping_holds_the_spec_only() -> None:
+    """A probe carrying 200 kB of annotations and labels gets a diff base of its spec alone."""
+    spec = {"pod": "pinger", "in": {"corr": ["icmp_seq"]}, "out": {"corr": ["icmp_seq"]}}
+    body = kopf.Body({"apiVersion": "mace.dev/v1alpha1", "kind": "LatencyProbe",
+                      "metadata": {"name": "big", "annotations": {"example.com/blob": "x" * 200_000},
+                                   "labels": {"team": "net"}},
+                      "spec": spec, "status": {"phase": "Measuring"}})
+    storage = settings(kopf.OperatorSettings()).persistence.diffbase_storage
+    assert storage.build(body=body) == {"spec": spec}
