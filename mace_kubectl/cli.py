@@ -1,0 +1,335 @@
+"""``kubectl-mace`` (``kubectl mace``): watch a probe, list every probe, measure a pod for a while."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import select
+import signal
+import sys
+import termios
+import time
+import tty
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from types import FrameType
+from typing import Any
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.rule import Rule
+
+from mace.probe import API_VERSION, KIND
+from mace_kubectl import scrape
+from mace_kubectl.kube import Agent, Forbidden, Kube, PluginError
+from mace_kubectl.view import Frame, TopRow, duration, top_view, watch_view
+
+TICK_S = 1.0
+DRAW_S = 0.2
+DEFAULT_AGENT_NAMESPACE = "mace-system"
+MEASURE_LABEL = {"app.kubernetes.io/managed-by": "kubectl-mace"}
+DELETE_WAIT_S = 20.0
+FLOWS = {
+    "icmp": ({"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]},
+             {"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]}),
+    "udp": ({"corr": ["udp_src_port", "udp_payload"], "info": ["udp_src_port"]},
+            {"corr": ["udp_dst_port", "udp_payload"], "info": ["udp_dst_port"]}),
+    "tcp": ({"corr": ["tcp_src_port", "tcp_seq"], "info": ["tcp_seq"]},
+            {"corr": ["tcp_dst_port", "tcp_seq"], "info": ["tcp_seq"]}),
+}
+"""(in, out) flow specs per protocol: corr fields that identify one packet of the pod at both events."""
+
+
+class Watcher:
+    """Makes ``watch`` frames: the probe from the API server, its agent's histograms through pods/proxy,
+    each frame's interval being the difference from the previous scrape."""
+
+    def __init__(self, kube: Kube, namespace: str, name: str, agent_namespace: str) -> None:
+        self.kube, self.namespace, self.name, self.agent_namespace = kube, namespace, name, agent_namespace
+        self.agent: Agent | None = None
+        self.node: str | None = None
+        self.previous: scrape.ProbeMetrics | None = None
+        self.previous_at = time.monotonic()
+
+    def _metrics(self, probe: dict[str, Any]) -> scrape.ProbeMetrics | None:
+        node = (probe.get("status") or {}).get("node")
+        if not node:
+            return None
+        if self.agent is None or node != self.node:
+            self.agent, self.node, self.previous = self.kube.agent(self.agent_namespace, node), node, None
+        page = scrape.parse(self.kube.agent_get(self.agent, "/metrics"))
+        return page.get((self.namespace, self.name))
+
+    def frame(self) -> Frame:
+        """The next frame (raises :class:`PluginError` if the probe is gone or access is refused)."""
+        probe = self.kube.probe(self.namespace, self.name)
+        now = time.monotonic()
+        note = ""
+        try:
+            metrics = self._metrics(probe)
+        except Forbidden:
+            raise
+        except PluginError as error:
+            metrics, note = None, f"agent: {error}"
+        seconds, self.previous_at = now - self.previous_at, now
+        frame = Frame(probe=probe, at=datetime.now().astimezone(), seconds=seconds, note=note)
+        if metrics is not None:
+            before = self.previous
+            frame.since_start = metrics.latency
+            frame.interval = {d: h.minus(before.latency.get(d) if before else None)
+                              for d, h in metrics.latency.items()}
+            frame.loss = metrics.loss
+            frame.loss_added = {k: max(0, v - (before.loss.get(k, 0) if before else v))
+                                for k, v in metrics.loss.items()}
+            self.previous = metrics
+        elif not note and not (probe.get("status") or {}).get("node"):
+            frame.note = "waiting for the operator to place the probe on a node"
+        return frame
+
+    def frame_view(self) -> RenderableType:
+        return watch_view(self.frame())
+
+
+@contextmanager
+def keys() -> Iterator[Callable[[float], str | None]]:
+    """A function that waits up to N seconds for a key press (None if none); the terminal is in cbreak
+    mode meanwhile (Ctrl-C still interrupts). Without a terminal on stdin it only waits."""
+    if not sys.stdin.isatty():
+        yield lambda timeout: time.sleep(timeout) or None  # type: ignore[func-returns-value]
+        return
+    fd = sys.stdin.fileno()
+    saved = termios.tcgetattr(fd)
+    tty.setcbreak(fd)
+
+    def wait(timeout: float) -> str | None:
+        ready, _, _ = select.select([fd], [], [], timeout)
+        return os.read(fd, 1).decode(errors="replace") if ready else None
+
+    try:
+        yield wait
+    finally:
+        termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+
+
+def show(console: Console, render: Callable[[], RenderableType], plain: bool, frames: int | None,
+         until: float | None = None) -> int:
+    """Draw ``render()`` every second: as ``frames`` plain-text frames (all until ``until`` if None), or
+    as a live full-screen view that ends on ``q`` (or at ``until``, a monotonic time)."""
+    if plain:
+        shown, next_at = 0, time.monotonic() + TICK_S
+        while (frames is None or shown < frames) and (until is None or time.monotonic() < until):
+            time.sleep(max(0.0, next_at - time.monotonic()))
+            next_at += TICK_S
+            shown += 1
+            view = render()
+            console.print(Rule(f"frame {shown}" + (f"/{frames}" if frames else ""), style="dim"))
+            console.print(view)
+        return 0
+    with Live(console=console, screen=True, auto_refresh=False) as live, keys() as key:
+        view, next_at = render(), time.monotonic() + TICK_S
+        while until is None or time.monotonic() < until:
+            live.update(view, refresh=True)
+            if (key(DRAW_S) or "").lower() == "q":
+                return 0
+            if time.monotonic() >= next_at:
+                view, next_at = render(), next_at + TICK_S
+    return 0
+
+
+def _console(args: argparse.Namespace) -> tuple[Console, bool]:
+    plain = args.frames is not None or not sys.stdout.isatty()
+    console = Console(highlight=False, no_color=plain or None, force_terminal=False if plain else None)
+    return console, plain
+
+
+def cmd_watch(kube: Kube, args: argparse.Namespace) -> int:
+    namespace = args.namespace or kube.default_namespace
+    if args.events:
+        return stream_events(kube, namespace, args.probe, args.agent_namespace, args.frames)
+    watcher = Watcher(kube, namespace, args.probe, args.agent_namespace)
+    watcher.frame()  # fails now, not inside the view, if the probe or the permissions are missing
+    console, plain = _console(args)
+    return show(console, watcher.frame_view, plain, args.frames)
+
+
+def event_line(line: str) -> str:
+    """One ``/events`` NDJSON record as a readable line."""
+    event = json.loads(line)
+    direction = {"out": "egress", "in": "ingress"}.get(event.get("direction"), str(event.get("direction")))
+    info = " ".join(f"{k}={v}" for k, v in (event.get("info") or {}).items())
+    stamp = datetime.now().astimezone().strftime("%H:%M:%S.%f")[:-3]
+    latency = duration(event["latency_ns"] / 1e9) if isinstance(event.get("latency_ns"), int) else "-"
+    return f"{stamp}  {direction:<7}  {latency:>9}  pid {event.get('proc_id', '-')}  {info}".rstrip()
+
+
+def stream_events(kube: Kube, namespace: str, name: str, agent_namespace: str, limit: int | None) -> int:
+    probe = kube.probe(namespace, name)
+    node = (probe.get("status") or {}).get("node")
+    if not node:
+        raise PluginError(f"latencyprobe {namespace}/{name} has no node yet (phase "
+                          f"{(probe.get('status') or {}).get('phase') or 'unknown'}): nothing to stream")
+    agent = kube.agent(agent_namespace, node)
+    query = [("probe", f"{namespace}/{name}")] + ([("limit", str(limit))] if limit else [])
+    for line in kube.agent_lines(agent, "/events", query):
+        print(event_line(line), flush=True)
+    return 0
+
+
+def cmd_top(kube: Kube, args: argparse.Namespace) -> int:
+    namespace = None if args.all_namespaces else (args.namespace or kube.default_namespace)
+    seen: dict[str, tuple[float, int]] = {}
+
+    def render() -> RenderableType:
+        now, rows = time.monotonic(), []
+        for probe in sorted(kube.probes(namespace), key=lambda p: (p["metadata"].get("namespace", ""),
+                                                                      p["metadata"]["name"])):
+            uid = probe["metadata"].get("uid", "")
+            matched = int(((probe.get("status") or {}).get("results") or {}).get("matched") or 0)
+            before = seen.get(uid)
+            rate = (matched - before[1]) / (now - before[0]) if before and now > before[0] else None
+            seen[uid] = (now, matched)
+            rows.append(TopRow(probe, None if rate is None or rate < 0 else rate))
+        return top_view(rows, namespace is None, datetime.now().astimezone())
+
+    render()
+    console, plain = _console(args)
+    return show(console, render, plain, args.frames)
+
+
+def probe_body(pod: str, protocol: str, port: int | None, container: str | None,
+               duration_s: int | None) -> dict[str, Any]:
+    """The LatencyProbe ``measure`` creates for ``pod``."""
+    inbound, outbound = FLOWS[protocol]
+    spec: dict[str, Any] = {"pod": pod, "in": inbound, "out": outbound}
+    if container:
+        spec["container"] = container
+    if duration_s:
+        spec["durationSeconds"] = duration_s
+    annotations = {"mace.dev/measure": f"{protocol}" + (f" port {port}" if port else "")}
+    return {"apiVersion": API_VERSION, "kind": KIND, "spec": spec,
+            "metadata": {"generateName": f"measure-{pod[:40].rstrip('-.')}-", "labels": MEASURE_LABEL,
+                         "annotations": annotations}}
+
+
+def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
+    namespace = args.namespace or kube.default_namespace
+    pod = kube.pod(namespace, args.pod)
+    containers = [c.name for c in pod.spec.containers or []]
+    if args.container and args.container not in containers:
+        raise PluginError(f'pod {namespace}/{args.pod} has no container "{args.container}" '
+                          f"(it has: {', '.join(containers)})")
+    protocol, port = ("icmp", None) if args.icmp else ("udp", args.udp) if args.udp else ("tcp", args.tcp)
+    body = probe_body(args.pod, protocol, port, args.container, args.duration)
+    name = kube.create_probe(namespace, body)["metadata"]["name"]
+    print(f"created latencyprobe {namespace}/{name}", file=sys.stderr, flush=True)
+    try:
+        watcher = Watcher(kube, namespace, name, args.agent_namespace)
+
+        def render() -> RenderableType:
+            frame = watcher.frame()
+            status = frame.probe.get("status") or {}
+            if status.get("phase") == "Failed":
+                reasons = [f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
+                           if c.get("status") == "False"]
+                raise PluginError(f"latencyprobe {namespace}/{name} failed: {'; '.join(reasons[:1])}")
+            return watch_view(frame)
+
+        console, plain = _console(args)
+        until = time.monotonic() + args.duration if args.duration else None
+        return show(console, render, plain, args.frames, until)
+    finally:
+        _remove(kube, namespace, name)
+
+
+def _remove(kube: Kube, namespace: str, name: str) -> None:
+    """Delete the measure's probe and wait until it is gone; Ctrl-C cannot interrupt this."""
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        kube.delete_probe(namespace, name)
+        deadline = time.monotonic() + DELETE_WAIT_S
+        while kube.probe_exists(namespace, name):
+            if time.monotonic() > deadline:
+                print(f"latencyprobe {namespace}/{name} is still being deleted (its agent has not "
+                      "stopped yet)", file=sys.stderr)
+                return
+            time.sleep(0.2)
+        print(f"deleted latencyprobe {namespace}/{name}", file=sys.stderr, flush=True)
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be 1 or more")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError("must be a port number, 1..65535")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG or ~/.kube/config)")
+    common.add_argument("--context", help="kubeconfig context (default: the current one)")
+    common.add_argument("--agent-namespace", default=os.environ.get("MACE_AGENT_NAMESPACE",
+                                                                    DEFAULT_AGENT_NAMESPACE),
+                        help="namespace of the Mace agents (default: $MACE_AGENT_NAMESPACE or mace-system)")
+    common.add_argument("--frames", type=_positive, metavar="N",
+                        help="print N frames as plain text, one a second, and exit")
+    top = argparse.ArgumentParser(prog="kubectl mace", description="Live views of Mace LatencyProbes.")
+    sub = top.add_subparsers(dest="command", required=True)
+    watch = sub.add_parser("watch", parents=[common], help="a probe's latencies, refreshed every second")
+    watch.add_argument("probe", help="LatencyProbe name")
+    watch.add_argument("-n", "--namespace", help="the probe's namespace (default: the context's)")
+    watch.add_argument("--events", action="store_true",
+                       help="stream the per-packet events as lines instead (--frames N: stop after N)")
+    watch.set_defaults(run=cmd_watch)
+    listing = sub.add_parser("top", parents=[common], help="every probe in a refreshing table")
+    scope = listing.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="probes of this namespace (default: the context's)")
+    scope.add_argument("-A", "--all-namespaces", action="store_true", help="probes of every namespace")
+    listing.set_defaults(run=cmd_top)
+    measure = sub.add_parser("measure", parents=[common],
+                             help="measure a pod with a probe of its own, deleted at the end or on Ctrl-C")
+    measure.add_argument("pod", help="pod to measure")
+    measure.add_argument("-n", "--namespace", help="the pod's namespace (default: the context's)")
+    proto = measure.add_mutually_exclusive_group(required=True)
+    proto.add_argument("--icmp", action="store_true", help="ICMP echo (ping) over IPv4")
+    proto.add_argument("--udp", type=_port, metavar="PORT", help="UDP request/response with peer port PORT")
+    proto.add_argument("--tcp", type=_port, metavar="PORT", help="TCP data segments with peer port PORT")
+    measure.add_argument("--container", help="only this container's processes (default: all)")
+    measure.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    measure.set_defaults(run=cmd_measure)
+    return top
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``kubectl-mace``; exit status 0, 1 on an error, 2 on bad usage, 130 on Ctrl-C."""
+    # Also where SIGINT was inherited as ignored (a background job): Ctrl-C must still end and clean up.
+    signal.signal(signal.SIGINT, _interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    args = parser().parse_args(argv)
+    try:
+        status: int = args.run(Kube(args.kubeconfig, args.context), args)
+        return status
+    except PluginError as error:
+        print(f"kubectl mace: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
