@@ -114,7 +114,7 @@ def bring_up(state: dict[str, Any], operator: bool, agent: bool) -> None:
     control_plane.write_admin_kubeconfig(pki, ports["apiserver"])
     log(f"kube-apiserver ready on 127.0.0.1:{ports['apiserver']} after {time.monotonic() - began:.1f}s")
     control_plane.install(tools, pki, ports["apiserver"])
-    log("building the node (namespaces, bridge, uplink, link-local veth)")
+    log("building the node (namespaces, bridge, uplink, root-link veth)")
     node = node_mod.build_node(state)
     record_proc(state, "forwarder", spawn("forwarder", [
         python(), str(HERE / "forward.py"), "--netns", f"/run/netns/{node['netns']}",

@@ -2,8 +2,10 @@
 
 The node namespace is built by :class:`mace_agent.lab.topology.Topology` (bridge ``br0`` for pods, uplink
 ``uplink0`` to a remote namespace). The harness adds, only inside its own namespaces: a default route via
-the remote (so ``uplink0`` is the node's outer device) and the node end of a link-local veth pair whose
-root end is a new device in the root namespace (169.254.X.1/30; nothing existing there is changed).
+the remote (so ``uplink0`` is the node's outer device) and the node end of a veth pair whose root end is
+a new device in the root namespace (198.18.X.1/30, the benchmarking range of RFC 2544, never routed on the
+internet; nothing existing there is changed). Not link-local: the API server proxies (pods/proxy, which
+``kubectl mace`` uses to reach the agent) only to global unicast pod addresses.
 """
 
 from __future__ import annotations
@@ -33,15 +35,15 @@ def pod_addresses(index: int) -> tuple[str, str]:
     return f"{POD_NET4}.{10 + index}", f"{POD_NET6}::{10 + index:x}"
 
 
-def _link_local_subnet() -> ipaddress.IPv4Network:
-    """A 169.254.X.0/30 that no root-namespace address or route overlaps (X derived from the harness id)."""
+def _link_subnet() -> ipaddress.IPv4Network:
+    """A 198.18.X.0/30 that no root-namespace address or route overlaps (X derived from the harness id)."""
     addrs = json.loads(run(["ip", "-j", "-4", "addr", "show"]))
     used = [ipaddress.ip_interface(f"{a['local']}/{a['prefixlen']}").network
             for link in addrs for a in link.get("addr_info", [])]
     routes = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]))
     for route in routes:
         dst = route.get("dst", "")
-        if dst and dst != "default" and not dst.startswith("169.254.0.0/16"):
+        if dst and dst != "default":
             try:
                 used.append(ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False))
             except ValueError:
@@ -49,14 +51,14 @@ def _link_local_subnet() -> ipaddress.IPv4Network:
     start = int(HARNESS_ID, 16)
     for step in range(200):
         third = 100 + (start + step) % 60
-        candidate = ipaddress.IPv4Network(f"169.254.{third}.0/30")
+        candidate = ipaddress.IPv4Network(f"198.18.{third}.0/30")
         if not any(candidate.overlaps(net) for net in used):
             return candidate
-    raise HarnessError("no free 169.254.X.0/30 for the link between the root and the node namespace")
+    raise HarnessError("no free 198.18.X.0/30 for the link between the root and the node namespace")
 
 
 def build_node(state: dict[str, Any]) -> dict[str, Any]:
-    """Create node + remote namespaces and the link-local veth; return what ``down`` and pods need."""
+    """Create node + remote namespaces and the root-link veth; return what ``down`` and pods need."""
     topo = Topology(pods=1, remotes=1, prefix=PREFIX, verify=True)
     node = {"netns": topo.node, "namespaces": topo.namespaces, "remote_ns": topo.remote.ns,
             "remote_ipv4": topo.remote.ipv4, "remote_ipv6": topo.remote.ipv6, "uplink": topo.remote.uplink,
@@ -68,7 +70,7 @@ def build_node(state: dict[str, Any]) -> dict[str, Any]:
     record(state, "node", node)
     run(["ip", "-n", topo.node, "route", "add", "default", "via", topo.remote.ipv4])
     run(["ip", "-n", topo.node, "-6", "route", "add", "default", "via", topo.remote.ipv6])
-    subnet = _link_local_subnet()
+    subnet = _link_subnet()
     root_ip, node_ip = (str(subnet.network_address + i) for i in (1, 2))
     node.update(root_dev=ROOT_DEV, root_ip=root_ip, node_ip=node_ip, link_prefix=subnet.prefixlen)
     record(state, "node", node)
