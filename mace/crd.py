@@ -170,6 +170,7 @@ PRINTER_COLUMNS: list[Schema] = [
     {"name": "Egress P50", "type": "string", "jsonPath": ".status.results.egress.p50"},
     {"name": "Ingress P50", "type": "string", "jsonPath": ".status.results.ingress.p50"},
     {"name": "Samples", "type": "integer", "jsonPath": ".status.results.matched"},
+    {"name": "Since", "type": "date", "jsonPath": ".status.results.since"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
     {"name": "Filter", "type": "string", "jsonPath": ".status.filter", "priority": 1},
 ]

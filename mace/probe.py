@@ -126,6 +126,7 @@ class Reason(StrEnum):
     NoAgentOnNode = "NoAgentOnNode"
     InvalidFilter = "InvalidFilter"
     AgentError = "AgentError"
+    AgentNotReporting = "AgentNotReporting"
     ResolveFailed = "ResolveFailed"
     NotResolved = "NotResolved"
 
@@ -169,6 +170,13 @@ class ProbeResults(_Model):
                                 description="Why the run is in Error or Stopped.")
     node: str | None = Field(default=None, max_length=253, description="Node of the agent that wrote this.")
     updated: datetime | None = Field(default=None, description="When the agent wrote this.")
+    since: datetime | None = Field(
+        default=None, description="When the counts and percentiles began: the run's start on the agent "
+                                  "(a restarted agent or a new filter starts again from zero).")
+    heartbeat_seconds: int | None = Field(
+        default=None, alias="heartbeatSeconds", ge=1, le=3600,
+        description="The agent writes results at least this often, changed or not; the operator "
+                    "reports AgentNotReporting after 3 heartbeats without a write.")
     egress: DirectionSummary | None = None
     ingress: DirectionSummary | None = None
     matched: int | None = Field(default=None, ge=0, description="Packets whose two events were correlated.")

@@ -17,6 +17,11 @@ from mace_operator.agents import Resolution
 from mace_operator.conditions import condition, parse_time, rfc3339
 from mace_operator.pods import PodTarget
 
+DEFAULT_HEARTBEAT_SECONDS = 10
+"""The agent's heartbeat when its results do not say (two publish intervals of 5 s)."""
+MISSED_HEARTBEATS = 3
+"""Heartbeats without a write after which a probe's agent counts as not reporting."""
+
 
 @dataclass(frozen=True)
 class Outcome:
@@ -70,6 +75,37 @@ def needs_resolve(status: Mapping[str, Any], target: PodTarget, generation: int 
     )
 
 
+def report_due(status: Mapping[str, Any]) -> datetime | None:
+    """When a Measuring probe's agent is overdue: ``MISSED_HEARTBEATS`` heartbeats after its last write
+    (or after measuring began, if later); None if the probe is not Measuring."""
+    measuring = next((c for c in status.get("conditions") or ()
+                      if c.get("type") == ConditionType.Measuring.value and c.get("status") == "True"), None)
+    if status.get("phase") != Phase.Measuring.value or measuring is None:
+        return None
+    results = status.get("results") or {}
+    heartbeat = results.get("heartbeatSeconds")
+    if not isinstance(heartbeat, int) or heartbeat <= 0:
+        heartbeat = DEFAULT_HEARTBEAT_SECONDS
+    moments = [moment for moment in (parse_time(results.get("updated")),
+                                     parse_time(measuring.get("lastTransitionTime"))) if moment is not None]
+    if not moments:
+        return None
+    return max(moments) + timedelta(seconds=MISSED_HEARTBEATS * heartbeat)
+
+
+def not_reporting(status: Mapping[str, Any], now: datetime) -> str | None:
+    """Why a Measuring probe's figures are stale (its agent is overdue), or None if they are live."""
+    due = report_due(status)
+    if due is None or now < due:
+        return None
+    results = status.get("results") or {}
+    last = results.get("updated")
+    return (f"the agent on node {status.get('node')} has not reported "
+            f"{f'since {last}' if last else 'since measuring began'} "
+            f"(it writes every {results.get('heartbeatSeconds') or DEFAULT_HEARTBEAT_SECONDS} s at least): "
+            "the results are stale")
+
+
 def resolved_filter(spec: LatencyProbeSpec, resolution: Resolution) -> str:
     """The seed's text form of the filter for a resolved pod."""
     return render(ProtocolFilter(dev_id=resolution.outer_ifindex, proc_id=resolution.proc_id,
@@ -101,11 +137,11 @@ def status_patch(outcome: Outcome, current: Mapping[str, Any], generation: int |
                 cond(ConditionType.Measuring, True, Reason.Measuring,
                      f"the agent on {target.node} runs the filter"),
             ])
-    elif outcome.phase is Phase.Completed:
+    elif outcome.phase is Phase.Completed or outcome.reason is Reason.AgentNotReporting:
         for key in ("node", "podIP", "filter", "procIds", "containerID", "containerIDs"):
             patch[key] = current.get(key)
         resolved = [c for c in previous if c.get("type") == ConditionType.Resolved.value]
-        done = cond(ConditionType.Measuring, False, Reason.Completed, outcome.message)
+        done = cond(ConditionType.Measuring, False, outcome.reason, outcome.message)
         patch["conditions"] = [*resolved, done]
     else:
         # A pod that is gone has no node: keep the last one, whose agent still has to stop the run.

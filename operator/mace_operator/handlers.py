@@ -82,9 +82,11 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
     @kopf.on.event(*probes, id="probe-event", registry=registry)
     async def probe_event(*, namespace: str | None, name: str, status: kopf.Status, meta: kopf.Meta,
                           **_: Any) -> None:
+        if meta.get("deletionTimestamp"):
+            return
         results = status.get("results") or {}
-        if (status.get("phase") == Phase.Measuring.value and results.get("state") == ResultsState.Error.value
-                and not meta.get("deletionTimestamp")):
+        reconciler.expect_report(namespace or "", name, dict(status))
+        if status.get("phase") == Phase.Measuring.value and results.get("state") == ResultsState.Error.value:
             reconciler.request(namespace or "", name)
 
     @kopf.on.event(*pods, id="pod-event", registry=registry)

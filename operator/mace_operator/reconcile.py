@@ -1,7 +1,8 @@
 """The reconciler: brings one probe's operator-owned status in line with its pod and node.
 
 Every trigger (the probe changed, its pod changed, an agent appeared, the agent reported an
-error, a retry or the probe's duration ran out) asks for the same idempotent pass, run in the
+error, a retry, the probe's duration ran out or its agent is overdue with results) asks for the
+same idempotent pass, run in the
 background with at most one pass running and one waiting per probe. A pass writes only when
 the status would change, so the operator's restart (which re-runs every probe) writes nothing.
 """
@@ -14,14 +15,17 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from mace.probe import Phase, Reason
+from mace.probe import ConditionType, Phase, Reason
 from mace_operator.agents import AgentClient, AgentEndpoint, ResolveError
+from mace_operator.conditions import find
 from mace_operator.decide import (
     Outcome,
     completion_time,
     differs,
     may_release,
     needs_resolve,
+    not_reporting,
+    report_due,
     resolved_filter,
     spec_problems,
     status_patch,
@@ -35,6 +39,8 @@ Key = tuple[str, str]
 
 RETRY_MIN_SECONDS = 1.0
 RETRY_MAX_SECONDS = 60.0
+NOT_REPORTING_RETRY_SECONDS = 5.0
+"""How often a probe whose agent stopped reporting asks that agent again (a resolve) whether it is back."""
 STOP_POLL_SECONDS = 0.2
 """How often a deleted probe's status is read while waiting for the agent to stop its run."""
 
@@ -66,6 +72,7 @@ class Reconciler:
         self._waiting: set[Key] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._timers: dict[Key, asyncio.TimerHandle] = {}
+        self._report_timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
 
     def request(self, namespace: str, name: str) -> None:
@@ -82,13 +89,34 @@ class Reconciler:
         """Drop timers and retry state of a deleted probe."""
         key = (namespace, name)
         self._cancel_timer(key)
+        handle = self._report_timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
         self._failures.pop(key, None)
+
+    def expect_report(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Pass over a Measuring probe again once its agent is overdue with results (see ``report_due``)."""
+        key = (namespace, name)
+        handle = self._report_timers.pop(key, None)
+        if handle is not None:
+            handle.cancel()
+        due = report_due(status)
+        if due is None:
+            return
+
+        def fire() -> None:
+            self._report_timers.pop(key, None)
+            self.request(*key)
+
+        delay = max(0.0, (due - self.clock()).total_seconds())
+        self._report_timers[key] = asyncio.get_running_loop().call_later(delay, fire)
 
     async def drain(self) -> None:
         """Wait for the passes in flight (used at shutdown)."""
-        for handle in self._timers.values():
+        for handle in [*self._timers.values(), *self._report_timers.values()]:
             handle.cancel()
         self._timers.clear()
+        self._report_timers.clear()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
@@ -160,11 +188,15 @@ class Reconciler:
 
     def _schedule(self, key: Key, probe: dict[str, Any], status: dict[str, Any],
                   outcome: Outcome | None) -> None:
+        self.expect_report(*key, status)
         if outcome is not None and outcome.reason in (Reason.AgentError, Reason.ResolveFailed):
             self._retry_later(key)
             return
         self._failures.pop(key, None)
         self._cancel_timer(key)
+        if outcome is not None and outcome.reason is Reason.AgentNotReporting:
+            self._at(key, NOT_REPORTING_RETRY_SECONDS)
+            return
         spec, _ = spec_problems(probe.get("spec") or {})
         ends = completion_time(spec, status) if spec is not None else None
         if ends is not None and status.get("phase") == Phase.Measuring.value:
@@ -185,6 +217,9 @@ class Reconciler:
         if isinstance(found, PodProblem):
             return Outcome(Phase.Failed if found.final else Phase.Pending, found.reason, found.message,
                            node=found.node)
+        stale = not_reporting(status, self.clock())
+        if stale is not None:
+            return Outcome(Phase.Pending, Reason.AgentNotReporting, stale, node=found.node)
         if not needs_resolve(status, found, generation):
             return None
         agent = self.find_agent(found.node)
@@ -195,6 +230,11 @@ class Reconciler:
             resolution = await self.agents.resolve(agent, found.container_ids, found.pod_ip,
                                                    spec.outer_device)
         except ResolveError as error:
+            waiting = find(status.get("conditions"), ConditionType.Measuring) or {}
+            if waiting.get("reason") == Reason.AgentNotReporting.value and status.get("node") == found.node:
+                # Still silent: keep saying so (the resolve was only asking whether it is back).
+                return Outcome(Phase.Pending, Reason.AgentNotReporting, str(waiting.get("message") or ""),
+                               node=found.node)
             return Outcome(Phase.Pending, error.reason, error.message, node=found.node)
         text = resolved_filter(spec, resolution)
         return Outcome(Phase.Measuring, Reason.Measuring, f"filter {text}", node=found.node, target=found,

@@ -182,6 +182,7 @@ STATUS = {
     "conditions": [{"type": "Resolved", "status": "True", "reason": "Resolved", "message": "ok",
                     "lastTransitionTime": "2025-01-02T03:04:05Z", "observedGeneration": 1}],
     "results": {"state": "Measuring", "message": "", "node": "node-a", "updated": "2025-01-02T03:04:06Z",
+                "since": "2025-01-02T03:04:05Z", "heartbeatSeconds": 10,
                 "egress": {"count": 5, "p50Ns": 59100, "p90Ns": 61000, "p99Ns": 70000, "maxNs": 80000,
                            "p50": "59.1us"},
                 "ingress": {"count": 5, "p50Ns": 17000, "p50": "17.0us"},
@@ -198,7 +199,7 @@ def test_status_round_trips_and_fits_the_schema(schema: dict[str, Any]) -> None:
 def test_printer_columns_point_into_the_schema(committed: dict[str, Any], schema: dict[str, Any]) -> None:
     columns = committed["spec"]["versions"][0]["additionalPrinterColumns"]
     assert [c["name"] for c in columns if not c.get("priority")] == [
-        "Pod", "Node", "Phase", "Egress P50", "Ingress P50", "Samples", "Age"]
+        "Pod", "Node", "Phase", "Egress P50", "Ingress P50", "Samples", "Since", "Age"]
     for column in columns:
         node = schema
         parts = column["jsonPath"].lstrip(".").split(".")

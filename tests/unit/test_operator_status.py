@@ -13,6 +13,8 @@ from mace_operator.decide import (
     differs,
     may_release,
     needs_resolve,
+    not_reporting,
+    report_due,
     resolved_filter,
     spec_problems,
     status_patch,
@@ -155,3 +157,43 @@ def test_may_release(state: str | None, present: bool, elapsed: int, expected: b
     status = {"results": {"state": state}} if state else {}
     now, deadline = T0 + timedelta(seconds=elapsed), T0 + timedelta(seconds=10)
     assert may_release(status, present, now, deadline) is expected
+
+
+def reported(status: dict[str, Any], at: datetime, heartbeat: int | None = 2) -> dict[str, Any]:
+    """``status`` after the agent wrote its results at ``at``."""
+    results = {"state": "Measuring", "node": "node-a", "updated": rfc3339(at), "matched": 7}
+    if heartbeat is not None:
+        results["heartbeatSeconds"] = heartbeat
+    return {**status, "results": results}
+
+
+def test_a_silent_agent_is_overdue_after_three_heartbeats() -> None:
+    status = reported(measuring(), T0 + timedelta(seconds=10))
+    assert report_due(status) == T0 + timedelta(seconds=16)
+    assert not_reporting(status, T0 + timedelta(seconds=15)) is None
+    why = not_reporting(status, T0 + timedelta(seconds=16))
+    assert why is not None and "node-a" in why and rfc3339(T0 + timedelta(seconds=10)) in why
+    assert not_reporting(reported(measuring(), T0, heartbeat=None), T0 + timedelta(seconds=29)) is None
+    assert not_reporting(reported(measuring(), T0, heartbeat=None), T0 + timedelta(seconds=30)) is not None
+
+
+def test_an_agent_that_never_reported_is_overdue_from_when_measuring_began() -> None:
+    status = measuring()
+    assert report_due(status) == T0 + timedelta(seconds=30)
+    assert not_reporting(status, T0 + timedelta(seconds=31)) is not None
+    # An old write does not make a probe that just (re)started measuring overdue.
+    restarted = reported(measuring(now=T0 + timedelta(minutes=5)), T0)
+    assert report_due(restarted) == T0 + timedelta(minutes=5, seconds=6)
+
+
+def test_not_reporting_leaves_measuring_and_keeps_the_filter() -> None:
+    status = reported(measuring(), T0)
+    why = not_reporting(status, T0 + timedelta(minutes=1))
+    assert why is not None
+    patch = status_patch(Outcome(Phase.Pending, Reason.AgentNotReporting, why, node="node-a"), status, 1,
+                         T0 + timedelta(minutes=1))
+    assert patch["phase"] == "Pending" and patch["filter"] == status["filter"]
+    assert [(c["type"], c["status"], c["reason"]) for c in patch["conditions"]] == [
+        ("Resolved", "True", "Resolved"), ("Measuring", "False", "AgentNotReporting")]
+    assert report_due({**status, **patch}) is None, "a probe not Measuring is not overdue"
+    LatencyProbeStatus.model_validate({**status, **patch})

@@ -1,6 +1,9 @@
 """Writes each probe's ``status.results`` (and nothing else), only when it changed, and at most once a
 second: a new state or message, or the first samples, right away; mere count updates once per
 ``interval`` (default 5 s: every write also costs the API server, etcd and every watcher of probes).
+Unchanged results are written again every ``HEARTBEAT_INTERVALS`` intervals (``results.heartbeatSeconds``),
+so that ``results.updated`` tells a live agent from a frozen one; ``results.since`` is when the run's
+counting began (a restarted agent starts from zero, and says so there).
 
 Each write is a JSON merge patch of the status subresource holding only ``results`` (so the operator's
 keys are never touched) and the probe's UID as a precondition (a probe re-created under the same name
@@ -21,13 +24,14 @@ from kubernetes.client.exceptions import ApiException
 from mace.probe import GROUP, PLURAL, VERSION
 from mace_agent.node.registry import Registry, Retired
 from mace_agent.node.results import results
-from mace_agent.node.runs import STOPPED
+from mace_agent.node.runs import STOPPED, ProbeRun
 
 log = logging.getLogger("mace_agent.node.publisher")
 
 TICK_S = 0.5
 MIN_INTERVAL_S = 1.0
 DEFAULT_INTERVAL_S = 5.0
+HEARTBEAT_INTERVALS = 2
 
 
 def now_rfc3339() -> str:
@@ -43,9 +47,11 @@ class Publisher:
         self.node = node
         self.registry = registry
         self.interval = max(interval, MIN_INTERVAL_S)
+        self.heartbeat = max(1, round(self.interval * HEARTBEAT_INTERVALS))
         self.writes = 0
         self.errors = 0
         self._last: dict[str, tuple[dict[str, Any], float]] = {}
+        self._since: dict[str, tuple[ProbeRun, str | None]] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="publisher", daemon=True)
 
@@ -68,7 +74,7 @@ class Publisher:
         """One pass over active and retired runs."""
         active = self.registry.active()
         for key, run in active.items():
-            self._maybe_write(key, run.spec.uid, results(run.state, run.message, self.node, run.snapshot))
+            self._maybe_write(key, run.spec.uid, self._results(key, run, run.state))
         for item in self.registry.retired():
             if item.run is not None and item.run.alive:
                 continue  # still detaching
@@ -77,12 +83,25 @@ class Publisher:
             self.registry.forget(item)
             if item.key not in active:
                 self._last.pop(item.key, None)
+                self._since.pop(item.key, None)
+
+    def _results(self, key: str, run: ProbeRun, state: str) -> dict[str, Any]:
+        """The run's results; ``since`` is when this agent first saw the run's counts."""
+        run_since = self._since.get(key)
+        if run_since is None or run_since[0] is not run:
+            run_since = (run, None)
+        if run_since[1] is None and run.snapshot is not None:
+            run_since = (run, now_rfc3339())
+        self._since[key] = run_since
+        body = results(state, run.message, self.node, run.snapshot, run_since[1])
+        body["heartbeatSeconds"] = self.heartbeat
+        return body
 
     def _final(self, item: Retired) -> bool:
         if item.run is None:
-            body: dict[str, Any] = {"state": STOPPED, "node": self.node}
+            body: dict[str, Any] = {"state": STOPPED, "node": self.node, "heartbeatSeconds": None}
         else:
-            body = results(STOPPED, item.run.message, self.node, item.run.snapshot)
+            body = {**self._results(item.key, item.run, STOPPED), "heartbeatSeconds": None}
         last = self._last.get(item.key)
         if last is not None and time.monotonic() - last[1] < MIN_INTERVAL_S:
             return False
@@ -93,6 +112,8 @@ class Publisher:
         if last is not None:
             before, when = last
             if before == body:
+                if time.monotonic() - when >= self.heartbeat:
+                    self._write(key, uid, body)
                 return
             news = (body.get("state"), body.get("message")) != (before.get("state"), before.get("message"))
             urgent = news or (not before.get("matched") and bool(body.get("matched")))

@@ -29,12 +29,15 @@ def direction(summary: DirectionSummary) -> dict[str, Any]:
             "p99Ns": summary.p99_ns, "maxNs": summary.max_ns, "p50": human_ns(summary.p50_ns)}
 
 
-def results(state: str, message: str | None, node: str, snapshot: Snapshot | None) -> dict[str, Any]:
-    """The ``results`` object without ``updated`` (the publisher adds it when it writes).
+def results(state: str, message: str | None, node: str, snapshot: Snapshot | None,
+            since: str | None = None) -> dict[str, Any]:
+    """The ``results`` object without ``updated`` (the publisher adds it when it writes); ``since`` is
+    when the snapshot's counting began.
 
     Absent values are explicit nulls so that a JSON merge patch clears what an earlier write set.
     """
-    body: dict[str, Any] = {"state": state, "message": message, "node": node}
+    body: dict[str, Any] = {"state": state, "message": message, "node": node,
+                            "since": since if snapshot is not None else None}
     if snapshot is None:
         body.update(egress=None, ingress=None, matched=None, unmatched=None, dropped=None, rateLimited=None)
         return body
