@@ -180,17 +180,26 @@ class Kube:
 
     def _proxy(self, agent: Agent, path: str, query: list[tuple[str, str]],
                timeout: float | tuple[float, float | None]) -> Any:
+        """GET through the API server's pods/proxy; the urllib3 response, its body not read yet."""
         resource = f"/api/v1/namespaces/{agent.namespace}/pods/{agent.name}:{agent.port}/proxy{path}"
-        response = self._call("get", "pods/proxy", agent.namespace, lambda: self.api.call_api(
-            resource, "GET", query_params=query, auth_settings=["BearerToken"],
-            _preload_content=False, _return_http_data_only=True, _request_timeout=timeout))
-        return response
+
+        def get() -> Any:
+            method, url, headers, _, _ = self.api.param_serialize(
+                "GET", resource, query_params=query, auth_settings=["BearerToken"])
+            response = self.api.call_api(method, url, header_params=headers, _request_timeout=timeout)
+            if response.status >= 400:
+                error = ApiException(status=response.status, reason=response.reason)
+                error.body = response.read()
+                raise error
+            return response.response
+
+        return self._call("get", "pods/proxy", agent.namespace, get)
 
     def agent_get(self, agent: Agent, path: str) -> str:
         """GET ``path`` of the agent's endpoint; its body."""
         response = self._proxy(agent, path, [], REQUEST_TIMEOUT_S)
         try:
-            return str(response.data.decode())
+            return str(response.read().decode())
         finally:
             response.release_conn()
 
