@@ -3,8 +3,10 @@
 # Mace test harness needs: kube-apiserver, kubectl, helm and etcd, from Go
 # modules.  No Docker, no downloads other than the Go module proxy.
 #
-# Usage:   eval "$(tests/harness/build-tools.sh)"
+# Usage:   eval "$(tests/harness/build-tools.sh [--node])"
 # Prints on stdout (one per line):  KUBE_APISERVER=... KUBECTL=... HELM=... ETCD=...
+# --node also builds, at the same release, what a real node runs (tests/node):
+#   KUBELET=... KUBE_CONTROLLER_MANAGER=... KUBE_SCHEDULER=... KUBE_PROXY=...
 # Progress goes to stderr.  A warm cache does no Go work at all.
 #
 # Environment:
@@ -27,11 +29,18 @@ KUBECTL="$K8S_DIR/bin/kubectl"
 HELM="$HELM_DIR/bin/helm"
 ETCD_DIR="$CACHE/etcd-$ETCD_VERSION"
 ETCD="$ETCD_DIR/bin/etcd"
+NODE_TOOLS=(kubelet kube-controller-manager kube-scheduler kube-proxy)
+WITH_NODE=false
 
 log() { printf '[build-tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
 
-have_all() { [[ -x $KUBE_APISERVER && -x $KUBECTL && -x $HELM && -x $ETCD ]]; }
+have_node() {
+    local tool
+    for tool in "${NODE_TOOLS[@]}"; do [[ -x $K8S_DIR/bin/$tool ]] || return 1; done
+}
+
+have_all() { [[ -x $KUBE_APISERVER && -x $KUBECTL && -x $HELM && -x $ETCD ]] && { ! $WITH_NODE || have_node; }; }
 
 # ---------------------------------------------------------------- Go setup
 go_env() {
@@ -89,8 +98,9 @@ tool_module() {
 }
 
 # ------------------------------------------------------ kube-apiserver/kubectl
-build_k8s() {
-    [[ -x $KUBE_APISERVER && -x $KUBECTL ]] && { log "k8s $K8S_VERSION: cached in $K8S_DIR"; return; }
+# k8s_module  -- write the throwaway module that builds k8s.io/kubernetes commands ($K8S_DIR/src) and
+# set K8S_LDFLAGS; reuses a module written before
+k8s_module() {
 
     [[ $K8S_VERSION =~ ^v1\.([0-9]+)\.([0-9]+)$ ]] || die "MACE_K8S_VERSION must look like v1.N.M (got $K8S_VERSION)"
     local minor=${BASH_REMATCH[1]} patch=${BASH_REMATCH[2]}
@@ -112,8 +122,8 @@ build_k8s() {
     godebug=$(grep -E '^godebug[[:space:]]' "$gomod" || true)
 
     local src="$K8S_DIR/src"
-    rm -rf "$src"
-    mkdir -p "$src"
+    rm -rf "$src.tmp"
+    mkdir -p "$src.tmp"
     {
         echo "module mace.local/k8s-tools"
         echo
@@ -128,21 +138,31 @@ build_k8s() {
             printf '\t%s => %s %s\n' "$m" "$m" "$staging_ver"
         done
         echo ")"
-    } >"$src/go.mod"
+    } >"$src.tmp/go.mod"
+    rm -rf "$src"
+    mv "$src.tmp" "$src"
 
     # What hack/lib/version.sh would stamp in (so `kubectl version` and
     # /version report the real release instead of v0.0.0-master).
-    local ld="" p
+    K8S_LDFLAGS=""
+    local p
     for p in k8s.io/client-go/pkg/version k8s.io/component-base/version; do
-        ld+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
-        ld+=" -X $p.gitTreeState=clean"
+        K8S_LDFLAGS+=" -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor"
+        K8S_LDFLAGS+=" -X $p.gitTreeState=clean"
     done
+}
 
-    cd "$src"
-    [[ -x $KUBE_APISERVER ]] ||
-        timed "go build kube-apiserver" go_build "$KUBE_APISERVER" k8s.io/kubernetes/cmd/kube-apiserver "$ld"
-    [[ -x $KUBECTL ]] ||
-        timed "go build kubectl" go_build "$KUBECTL" k8s.io/kubernetes/cmd/kubectl "$ld"
+# build_k8s CMD...  -- build each k8s.io/kubernetes/cmd/CMD not yet in $K8S_DIR/bin
+build_k8s() {
+    local -a missing=()
+    local cmd
+    for cmd in "$@"; do [[ -x $K8S_DIR/bin/$cmd ]] || missing+=("$cmd"); done
+    ((${#missing[@]} > 0)) || { log "k8s $K8S_VERSION ($*): cached in $K8S_DIR"; return; }
+    k8s_module
+    cd "$K8S_DIR/src"
+    for cmd in "${missing[@]}"; do
+        timed "go build $cmd" go_build "$K8S_DIR/bin/$cmd" "k8s.io/kubernetes/cmd/$cmd" "$K8S_LDFLAGS"
+    done
     cd - >/dev/null
 }
 
@@ -185,6 +205,11 @@ build_etcd() {
 # ---------------------------------------------------------------------- main
 main() {
     local t0=$SECONDS
+    case "${1:-}" in
+        "") ;;
+        --node) WITH_NODE=true ;;
+        *) die "unknown argument '$1' (expected nothing or --node)" ;;
+    esac
     mkdir -p "$CACHE"
 
     if ! have_all; then
@@ -195,9 +220,10 @@ main() {
             flock 9
         fi
         go_env
-        build_k8s
+        build_k8s kube-apiserver kubectl
         build_helm
         build_etcd
+        ! $WITH_NODE || build_k8s "${NODE_TOOLS[@]}"
     else
         log "all Go-built tools cached under $CACHE"
     fi
@@ -207,6 +233,13 @@ main() {
     printf 'KUBECTL=%q\n' "$KUBECTL"
     printf 'HELM=%q\n' "$HELM"
     printf 'ETCD=%q\n' "$ETCD"
+    if $WITH_NODE; then
+        local tool var
+        for tool in "${NODE_TOOLS[@]}"; do
+            var=${tool^^}
+            printf '%s=%q\n' "${var//-/_}" "$K8S_DIR/bin/$tool"
+        done
+    fi
 }
 
 main "$@"
