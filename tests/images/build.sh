@@ -3,8 +3,10 @@
 # from the real Dockerfile.agent / Dockerfile.operator, on a Debian base image made locally with
 # debootstrap and tagged as the Dockerfiles' base (debian:bookworm-slim).
 #
-# Usage:  tests/images/build.sh [--archive DIR] [agent|operator|base]...   (default: agent operator)
-#   --archive DIR   also write DIR/mace-agent.tar and DIR/mace-operator.tar (OCI archives for ctr/kind)
+# Usage:  tests/images/build.sh [--archive DIR] [agent|operator|lab|pause|base]...   (default: agent operator)
+#   --archive DIR   also write DIR/mace-<image>.tar for each image (OCI archives for ctr/kind)
+#   lab, pause      the test node's workload image (tests/node/image/Dockerfile.lab) and its sandbox image
+#                   (tests/node/image/pause.c, compiled here statically into a scratch image)
 # Prints on stdout one line per image built: NAME=REFERENCE (e.g. AGENT_IMAGE=localhost/mace-agent:dev).
 # Progress and timings go to stderr. Needs root, buildah and debootstrap.
 #
@@ -169,6 +171,41 @@ build_image() {
   echo "${upper}_IMAGE=$ref"
 }
 
+# The test node's images (tests/node): the workload image from its own small context, and the sandbox
+# ("pause") image, rebuilt only when pause.c changes (its hash is the image's label).
+NODE_IMAGE_DIR=tests/node/image
+
+build_lab() {
+  local ref=localhost/mace-lab:$TAG previous
+  previous=$(buildah images --quiet --no-trunc "$ref" 2>/dev/null || true)
+  buildah bud --quiet --isolation chroot --pull=never --layers --format oci -f "$NODE_IMAGE_DIR/Dockerfile.lab" \
+    -t "$ref" "$NODE_IMAGE_DIR" >/dev/null
+  if [ -n "$previous" ] && [ "$previous" != "$(buildah images --quiet --no-trunc "$ref")" ]; then
+    buildah rmi "$previous" >/dev/null 2>&1 || true
+  fi
+  echo "LAB_IMAGE=$ref"
+}
+
+build_pause() {
+  local ref=localhost/mace-pause:$TAG sum ctr mnt work
+  sum=$(sha256sum "$NODE_IMAGE_DIR/pause.c" | cut -c1-16)
+  if [ "$(buildah inspect --type image --format '{{index .OCIv1.Config.Labels "dev.mace.source"}}' "$ref" 2>/dev/null)" \
+      != "$sum" ]; then
+    command -v gcc >/dev/null || die "gcc not found (apt-get install gcc libc6-dev)"
+    work=$(mktemp -d)
+    gcc -static -Os -s -o "$work/pause" "$NODE_IMAGE_DIR/pause.c"
+    buildah rmi "$ref" >/dev/null 2>&1 || true
+    ctr=$(buildah from --pull=never scratch)
+    mnt=$(buildah mount "$ctr")
+    install -m 0755 "$work/pause" "$mnt/pause"
+    buildah umount "$ctr" >/dev/null
+    rm -rf "$work"
+    buildah config --label "dev.mace.source=$sum" --entrypoint '["/pause"]' --user 65535:65535 "$ctr"
+    buildah commit --rm --quiet --format oci "$ctr" "$ref" >/dev/null
+  fi
+  echo "PAUSE_IMAGE=$ref"
+}
+
 archive() {
   local component=$1 dir=$2 ref=localhost/mace-$1:$TAG
   mkdir -p "$dir"
@@ -183,9 +220,9 @@ main() {
   while [ $# -gt 0 ]; do
     case $1 in
       --archive) [ $# -ge 2 ] || die "--archive needs a directory"; archive_dir=$2; shift 2 ;;
-      agent|operator|base) targets+=("$1"); shift ;;
-      -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
-      *) die "unknown argument '$1' (expected agent, operator, base or --archive DIR)" ;;
+      agent|operator|lab|pause|base) targets+=("$1"); shift ;;
+      -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 0 ;;
+      *) die "unknown argument '$1' (expected agent, operator, lab, pause, base or --archive DIR)" ;;
     esac
   done
   [ ${#targets[@]} -gt 0 ] || targets=(agent operator)
@@ -196,8 +233,12 @@ main() {
   flock 9
   build_base
   for target in "${targets[@]}"; do
-    [ "$target" = base ] && continue
-    timed "image mace-$target" build_image "$target"
+    case $target in
+      base) continue ;;
+      lab) timed "image mace-lab" build_lab ;;
+      pause) build_pause ;;
+      *) timed "image mace-$target" build_image "$target" ;;
+    esac
     [ -z "$archive_dir" ] || timed "archive mace-$target" archive "$target" "$archive_dir"
   done
 }
