@@ -31,6 +31,8 @@ DRAW_S = 0.2
 DEFAULT_AGENT_NAMESPACE = "mace-system"
 MEASURE_LABEL = {"app.kubernetes.io/managed-by": "kubectl-mace"}
 DELETE_WAIT_S = 20.0
+STOP_MARGIN_S = 60
+"""A measure with --duration S creates its probe with durationSeconds S + this."""
 FLOWS = {
     "icmp": ({"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]},
              {"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]}),
@@ -43,15 +45,22 @@ FLOWS = {
 
 
 class Watcher:
-    """Makes ``watch`` frames: the probe from the API server, its agent's histograms through pods/proxy,
-    each frame's interval being the difference from the previous scrape."""
+    """Makes ``watch`` frames: the probe from the API server, its agent's histograms through pods/proxy.
+
+    The agent refreshes its figures at its publish interval (``agent.publishIntervalSeconds``), which may
+    be longer than a frame: a frame's interval is the difference between the last two scrapes that
+    differed, over the time between them.
+    """
 
     def __init__(self, kube: Kube, namespace: str, name: str, agent_namespace: str) -> None:
         self.kube, self.namespace, self.name, self.agent_namespace = kube, namespace, name, agent_namespace
         self.agent: Agent | None = None
         self.node: str | None = None
         self.previous: scrape.ProbeMetrics | None = None
-        self.previous_at = time.monotonic()
+        self.changed_at = time.monotonic()
+        self.interval: dict[str, scrape.Histogram] = {}
+        self.interval_s = 0.0
+        self.loss_added: dict[str, int] = {}
 
     def _metrics(self, probe: dict[str, Any]) -> scrape.ProbeMetrics | None:
         node = (probe.get("status") or {}).get("node")
@@ -62,10 +71,21 @@ class Watcher:
         page = scrape.parse(self.kube.agent_get(self.agent, "/metrics"))
         return page.get((self.namespace, self.name))
 
+    def _advance(self, metrics: scrape.ProbeMetrics, now: float) -> None:
+        before = self.previous
+        if before is None:
+            self.interval, self.interval_s, self.loss_added = {}, 0.0, {}
+        elif metrics.latency == before.latency and metrics.loss == before.loss:
+            return  # the agent has not refreshed its figures since the last scrape
+        else:
+            self.interval = {d: h.minus(before.latency.get(d)) for d, h in metrics.latency.items()}
+            self.loss_added = {k: max(0, v - before.loss.get(k, 0)) for k, v in metrics.loss.items()}
+            self.interval_s = now - self.changed_at
+        self.previous, self.changed_at = metrics, now
+
     def frame(self) -> Frame:
         """The next frame (raises :class:`PluginError` if the probe is gone or access is refused)."""
         probe = self.kube.probe(self.namespace, self.name)
-        now = time.monotonic()
         note = ""
         try:
             metrics = self._metrics(probe)
@@ -73,17 +93,11 @@ class Watcher:
             raise
         except PluginError as error:
             metrics, note = None, f"agent: {error}"
-        seconds, self.previous_at = now - self.previous_at, now
-        frame = Frame(probe=probe, at=datetime.now().astimezone(), seconds=seconds, note=note)
+        frame = Frame(probe=probe, at=datetime.now().astimezone(), seconds=self.interval_s, note=note)
         if metrics is not None:
-            before = self.previous
-            frame.since_start = metrics.latency
-            frame.interval = {d: h.minus(before.latency.get(d) if before else None)
-                              for d, h in metrics.latency.items()}
-            frame.loss = metrics.loss
-            frame.loss_added = {k: max(0, v - (before.loss.get(k, 0) if before else v))
-                                for k, v in metrics.loss.items()}
-            self.previous = metrics
+            self._advance(metrics, time.monotonic())
+            frame.seconds, frame.interval, frame.loss_added = self.interval_s, self.interval, self.loss_added
+            frame.since_start, frame.loss = metrics.latency, metrics.loss
         elif not note and not (probe.get("status") or {}).get("node"):
             frame.note = "waiting for the operator to place the probe on a node"
         return frame
@@ -114,27 +128,27 @@ def keys() -> Iterator[Callable[[float], str | None]]:
 
 
 def show(console: Console, render: Callable[[], RenderableType], plain: bool, frames: int | None,
-         until: float | None = None) -> int:
-    """Draw ``render()`` every second: as ``frames`` plain-text frames (all until ``until`` if None), or
-    as a live full-screen view that ends on ``q`` (or at ``until``, a monotonic time)."""
+         tick: float, until: float | None = None) -> int:
+    """Draw ``render()`` every ``tick`` seconds: as ``frames`` plain-text frames (all until ``until`` if
+    None), or as a live full-screen view that ends on ``q`` (or at ``until``, a monotonic time)."""
     if plain:
-        shown, next_at = 0, time.monotonic() + TICK_S
+        shown, next_at = 0, time.monotonic() + tick
         while (frames is None or shown < frames) and (until is None or time.monotonic() < until):
             time.sleep(max(0.0, next_at - time.monotonic()))
-            next_at += TICK_S
+            next_at += tick
             shown += 1
             view = render()
             console.print(Rule(f"frame {shown}" + (f"/{frames}" if frames else ""), style="dim"))
             console.print(view)
         return 0
     with Live(console=console, screen=True, auto_refresh=False) as live, keys() as key:
-        view, next_at = render(), time.monotonic() + TICK_S
+        view, next_at = render(), time.monotonic() + tick
         while until is None or time.monotonic() < until:
             live.update(view, refresh=True)
             if (key(DRAW_S) or "").lower() == "q":
                 return 0
             if time.monotonic() >= next_at:
-                view, next_at = render(), next_at + TICK_S
+                view, next_at = render(), time.monotonic() + tick
     return 0
 
 
@@ -151,7 +165,7 @@ def cmd_watch(kube: Kube, args: argparse.Namespace) -> int:
     watcher = Watcher(kube, namespace, args.probe, args.agent_namespace)
     watcher.frame()  # fails now, not inside the view, if the probe or the permissions are missing
     console, plain = _console(args)
-    return show(console, watcher.frame_view, plain, args.frames)
+    return show(console, watcher.frame_view, plain, args.frames, args.interval)
 
 
 def event_line(line: str) -> str:
@@ -179,23 +193,42 @@ def stream_events(kube: Kube, namespace: str, name: str, agent_namespace: str, l
 
 def cmd_top(kube: Kube, args: argparse.Namespace) -> int:
     namespace = None if args.all_namespaces else (args.namespace or kube.default_namespace)
-    seen: dict[str, tuple[float, int]] = {}
+    seen: dict[str, tuple[datetime, int, float | None]] = {}
+
+    def rate(probe: dict[str, Any]) -> float | None:
+        """Samples per second between the agent's last two status writes; before a second one, since
+        counting began (``results.since``)."""
+        results = (probe.get("status") or {}).get("results") or {}
+        updated, since = _time(results.get("updated")), _time(results.get("since"))
+        matched, uid = int(results.get("matched") or 0), probe["metadata"].get("uid", "")
+        if updated is None:
+            return None
+        before = seen.get(uid)
+        if before and updated > before[0] and matched >= before[1]:
+            found: float | None = (matched - before[1]) / (updated - before[0]).total_seconds()
+        elif before:
+            found = before[2]
+        else:
+            found = matched / (updated - since).total_seconds() if since and updated > since else None
+        if not before or updated > before[0]:
+            seen[uid] = (updated, matched, found)
+        return found
 
     def render() -> RenderableType:
-        now, rows = time.monotonic(), []
-        for probe in sorted(kube.probes(namespace), key=lambda p: (p["metadata"].get("namespace", ""),
-                                                                      p["metadata"]["name"])):
-            uid = probe["metadata"].get("uid", "")
-            matched = int(((probe.get("status") or {}).get("results") or {}).get("matched") or 0)
-            before = seen.get(uid)
-            rate = (matched - before[1]) / (now - before[0]) if before and now > before[0] else None
-            seen[uid] = (now, matched)
-            rows.append(TopRow(probe, None if rate is None or rate < 0 else rate))
-        return top_view(rows, namespace is None, datetime.now().astimezone())
+        probes = sorted(kube.probes(namespace), key=lambda p: (p["metadata"].get("namespace", ""),
+                                                              p["metadata"]["name"]))
+        return top_view([TopRow(p, rate(p)) for p in probes], namespace is None, datetime.now().astimezone())
 
     render()
     console, plain = _console(args)
-    return show(console, render, plain, args.frames)
+    return show(console, render, plain, args.frames, args.interval)
+
+
+def _time(value: Any) -> datetime | None:
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
+    except ValueError:
+        return None
 
 
 def probe_body(pod: str, protocol: str, port: int | None, container: str | None,
@@ -205,8 +238,8 @@ def probe_body(pod: str, protocol: str, port: int | None, container: str | None,
     spec: dict[str, Any] = {"pod": pod, "in": inbound, "out": outbound}
     if container:
         spec["container"] = container
-    if duration_s:
-        spec["durationSeconds"] = duration_s
+    if duration_s:  # a safety net: should the plugin be killed, the probe still stops measuring
+        spec["durationSeconds"] = duration_s + STOP_MARGIN_S
     annotations = {"mace.dev/measure": f"{protocol}" + (f" port {port}" if port else "")}
     return {"apiVersion": API_VERSION, "kind": KIND, "spec": spec,
             "metadata": {"generateName": f"measure-{pod[:40].rstrip('-.')}-", "labels": MEASURE_LABEL,
@@ -238,7 +271,7 @@ def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
 
         console, plain = _console(args)
         until = time.monotonic() + args.duration if args.duration else None
-        return show(console, render, plain, args.frames, until)
+        return show(console, render, plain, args.frames, args.interval, until)
     finally:
         _remove(kube, namespace, name)
 
@@ -268,6 +301,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0.2 <= value <= 3600:
+        raise argparse.ArgumentTypeError("must be between 0.2 and 3600 seconds")
+    return value
+
+
 def _port(text: str) -> int:
     value = int(text)
     if not 1 <= value <= 65535:
@@ -283,7 +323,10 @@ def parser() -> argparse.ArgumentParser:
                                                                     DEFAULT_AGENT_NAMESPACE),
                         help="namespace of the Mace agents (default: $MACE_AGENT_NAMESPACE or mace-system)")
     common.add_argument("--frames", type=_positive, metavar="N",
-                        help="print N frames as plain text, one a second, and exit")
+                        help="print N frames as plain text and exit (for scripts)")
+    common.add_argument("--interval", type=_seconds, default=TICK_S, metavar="S",
+                        help="seconds between frames (default 1; the agent refreshes its figures at its "
+                             "publish interval)")
     top = argparse.ArgumentParser(prog="kubectl mace", description="Live views of Mace LatencyProbes.")
     sub = top.add_subparsers(dest="command", required=True)
     watch = sub.add_parser("watch", parents=[common], help="a probe's latencies, refreshed every second")

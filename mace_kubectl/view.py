@@ -77,23 +77,24 @@ def _title(probe: dict[str, Any], at: datetime, note: str) -> Text:
     return title
 
 
+def _figures(hist: Histogram | None) -> list[str]:
+    if hist is None or not hist.count:
+        return ["0", *("-" for _ in QUANTILES), "-"]
+    return [str(hist.count), *(duration(hist.quantile(q)) for _, q in QUANTILES), "<" + duration(hist.top())]
+
+
 def latency_table(frame: Frame) -> Table:
-    """Count and percentiles per direction: over the last interval (from the histogram difference, so
-    rounded to its log2 buckets) and since the start (the agent's exact summary in the status)."""
+    """Count and percentiles per direction over the last interval (the difference of two scrapes of the
+    agent's histogram) and since the start (the histogram itself), both interpolated in its log2 buckets."""
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False, caption_justify="left",
-                  caption="start: since measuring began (exact); the interval's figures are "
-                          "interpolated in log2 buckets")
+                  caption="from the agent's log2 histogram, interpolated in its buckets "
+                          "(exact since-start figures: kubectl describe latencyprobe)")
     for name in ("direction", "over", "count", *(q for q, _ in QUANTILES), "max"):
         table.add_column(name, justify="left" if name in ("direction", "over") else "right")
     for direction in DIRECTIONS:
-        hist = frame.interval.get(direction)
-        summary = frame.results.get(direction) or {}
-        table.add_row(direction, f"{frame.seconds:.1f}s", str(hist.count) if hist else "0",
-                      *(duration(hist.quantile(q) if hist else None) for _, q in QUANTILES),
-                      "<" + duration(hist.top()) if hist and hist.count else "-")
-        table.add_row("", "start", str(summary.get("count", 0)), duration(_ns(summary.get("p50Ns"))),
-                      duration(_ns(summary.get("p90Ns"))), duration(_ns(summary.get("p99Ns"))),
-                      duration(_ns(summary.get("maxNs"))), end_section=direction == DIRECTIONS[0])
+        table.add_row(direction, f"{frame.seconds:.1f}s", *_figures(frame.interval.get(direction)))
+        table.add_row("", "start", *_figures(frame.since_start.get(direction)),
+                      end_section=direction == DIRECTIONS[0])
     return table
 
 
@@ -156,12 +157,13 @@ def top_view(rows: Sequence[TopRow], all_namespaces: bool, at: datetime) -> Rend
     """``top``: every probe, one line each."""
     table = Table(box=box.SIMPLE_HEAD, expand=True, pad_edge=False,
                   title=f"LatencyProbes  {at.strftime('%H:%M:%S')}", title_justify="left")
+    table.caption, table.caption_justify = "out: egress, in: ingress (the agent's exact figures)", "left"
     if all_namespaces:
-        table.add_column("namespace")
+        table.add_column("namespace", no_wrap=True)
     for name in ("name", "pod", "node", "phase"):
-        table.add_column(name)
-    for name in ("egress p50", "egress p99", "ingress p50", "ingress p99", "samples/s"):
-        table.add_column(name, justify="right")
+        table.add_column(name, no_wrap=True)
+    for name in ("out p50", "out p99", "in p50", "in p99", "samples/s"):
+        table.add_column(name, justify="right", no_wrap=True, min_width=len("999.9us"))
     for row in rows:
         meta, spec = row.probe.get("metadata") or {}, row.probe.get("spec") or {}
         status = row.probe.get("status") or {}

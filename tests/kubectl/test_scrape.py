@@ -86,6 +86,7 @@ def test_watch_frame_shows_both_directions_and_the_histogram_bars() -> None:
     lines = [line.split() for line in text.splitlines()]
     at = next(i for i, words in enumerate(lines) if words[:1] == ["egress"])
     assert lines[at][1:3] == ["1.0s", "20"] and lines[at][3] == duration(2.0 ** 17 / 1e9)
-    assert lines[at + 1][:3] == ["start", "30", duration(90e-6)]
+    # Since the start: the median is the 15th of 20 samples in (2^16, 2^17] ns, interpolated.
+    assert lines[at + 1][:3] == ["start", "30", duration(2.0 ** 16 / 1e9 * 1.75)]
     assert "<131.1us" in text and "<262.1us" in text  # the two buckets that gained samples
     assert "unmatched 2 (+2)" in text
