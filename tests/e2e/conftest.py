@@ -1,0 +1,45 @@
+"""Fixtures of the e2e suite: one cluster per provider (the real test node, marker ``node``; kind, marker
+``kind``), shared by the whole session, and a namespace of its own for each test."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from e2e_cluster import Cluster, KindCluster, NodeCluster, kind_skip_reason, node_skip_reason
+
+PROVIDERS = {"node": (NodeCluster, node_skip_reason), "kind": (KindCluster, kind_skip_reason)}
+
+
+@pytest.fixture(scope="session", params=[pytest.param("node", marks=pytest.mark.node),
+                                        pytest.param("kind", marks=pytest.mark.kind)])
+def cluster(request: pytest.FixtureRequest) -> Iterator[Cluster]:
+    """A cluster with the chart installed, made for this session unless one is up already."""
+    make, skip_reason = PROVIDERS[request.param]
+    reason = skip_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    made = make()
+    try:
+        yield made
+    finally:
+        made.close()
+
+
+@pytest.fixture
+def namespace(cluster: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace; its probes, then the namespace itself, are deleted after the test."""
+    test = request.node.originalname.lower().removeprefix("test_")
+    short = re.sub(r"[^a-z0-9]+", "-", test)[:30].strip("-")
+    name = f"e2e-{short}-{uuid.uuid4().hex[:5]}"
+    cluster.kubectl("create", "namespace", name)
+    try:
+        yield name
+    finally:
+        cluster.kubectl("delete", "latencyprobes", "--all", "-n", name, "--wait", "--timeout=60s",
+                        check=False, timeout=90)
+        cluster.kubectl("delete", "pods", "--all", "-n", name, "--grace-period=1", "--wait", "--timeout=60s",
+                        check=False, timeout=90)
+        cluster.kubectl("delete", "namespace", name, "--wait", "--timeout=90s", check=False, timeout=120)
