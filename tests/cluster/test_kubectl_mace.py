@@ -49,9 +49,11 @@ def test_watch_frames_grow_and_match_the_status(cluster: Cluster, measured: Meas
         starts = [r[(direction, "start")].count for r in rows]
         assert starts == sorted(starts) and starts[-1] > starts[0], (direction, starts, done.stdout)
         exact = status[direction]["p50Ns"] / 1e9
-        for frame in rows:
+        for i, frame in enumerate(rows):
             interval = frame[(direction, "interval")]
             assert interval.count > 0, done.stdout  # the pod pings 10 times a second
+            if i:  # each frame's scrape saw new figures: its interval is exactly what the start gained
+                assert interval.count == starts[i] - starts[i - 1], (direction, i, starts, done.stdout)
             # Both medians come from the log2 buckets: within one bucket of the agent's exact figure.
             for shown in (interval, frame[(direction, "start")]):
                 assert shown.p50 is not None and shown.p50 / 2 <= exact <= shown.p50 * 2, (shown, exact)
