@@ -44,6 +44,13 @@ class Kube:
         return await self._get_or_none(self.custom.get_namespaced_custom_object,
                                        GROUP, VERSION, namespace, PLURAL, name)
 
+    async def list_probes(self, namespace: str) -> list[dict[str, Any]]:
+        """Every probe of ``namespace``."""
+        response = await asyncio.to_thread(self.custom.list_namespaced_custom_object, GROUP, VERSION,
+                                           namespace, PLURAL, _preload_content=False)
+        items = self._body(response).get("items") or []
+        return [item for item in items if isinstance(item, dict)]
+
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None:
         """The Pod, or None if it does not exist."""
         return await self._get_or_none(self.core.read_namespaced_pod, name, namespace)

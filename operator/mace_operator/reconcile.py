@@ -49,8 +49,51 @@ class Api(Protocol):
     """The API calls a pass makes (see :class:`mace_operator.kube.Kube`)."""
 
     async def get_probe(self, namespace: str, name: str) -> dict[str, Any] | None: ...
+    async def list_probes(self, namespace: str) -> list[dict[str, Any]]: ...
     async def get_pod(self, namespace: str, name: str) -> dict[str, Any] | None: ...
     async def patch_probe_status(self, namespace: str, name: str, status: dict[str, Any]) -> None: ...
+
+
+class StopPoller:
+    """Reads the statuses of deleted probes for everyone waiting on them: one list per namespace and
+    poll, not one read per probe (200 deletions polled one by one flooded the API server and the
+    operator's own connection pool, which made each deletion slower)."""
+
+    def __init__(self, api: Api, interval: float = STOP_POLL_SECONDS) -> None:
+        self.api = api
+        self.interval = interval
+        self._waiters: dict[Key, list[asyncio.Future[dict[str, Any] | None]]] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    async def next_status(self, namespace: str, name: str) -> dict[str, Any] | None:
+        """The probe's status at the next poll; None once the probe is gone."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any] | None] = loop.create_future()
+        self._waiters.setdefault((namespace, name), []).append(future)
+        if self._task is None or self._task.done():
+            self._task = loop.create_task(self._loop(), name="deleted probes' statuses")
+        return await future
+
+    async def _loop(self) -> None:
+        while self._waiters:
+            await asyncio.sleep(self.interval)
+            waiting, self._waiters = self._waiters, {}
+            for namespace in sorted({ns for ns, _ in waiting}):
+                keys = [key for key in waiting if key[0] == namespace]
+                try:
+                    found = {str((p.get("metadata") or {}).get("name")): p
+                             for p in await self.api.list_probes(namespace)}
+                except Exception as error:  # the API server is unreachable: ask again next poll
+                    log.warning("listing the probes of %s failed: %s", namespace, error)
+                    for key in keys:
+                        self._waiters.setdefault(key, []).extend(waiting[key])
+                    continue
+                for key in keys:
+                    probe = found.get(key[1])
+                    status = None if probe is None else dict(probe.get("status") or {})
+                    for future in waiting[key]:
+                        if not future.done():
+                            future.set_result(status)
 
 
 def utcnow() -> datetime:
@@ -74,6 +117,7 @@ class Reconciler:
         self._timers: dict[Key, asyncio.TimerHandle] = {}
         self._report_timers: dict[Key, asyncio.TimerHandle] = {}
         self._failures: dict[Key, int] = {}
+        self.stops = StopPoller(api)
 
     def request(self, namespace: str, name: str) -> None:
         """Ask for a pass over the probe soon (a no-op if one is already waiting to start)."""
@@ -161,11 +205,10 @@ class Reconciler:
             node = status.get("node")
             if may_release(status, agent_on(str(node)) if node else False, self.clock(), deadline):
                 return
-            await asyncio.sleep(STOP_POLL_SECONDS)
-            probe = await self.api.get_probe(namespace, name)
-            if probe is None:
+            polled = await self.stops.next_status(namespace, name)
+            if polled is None:
                 return
-            status = probe.get("status") or {}
+            status = polled
 
     async def reconcile(self, namespace: str, name: str) -> None:
         """One pass: read the probe and its pod, resolve if needed, write the status if it changed."""
@@ -222,20 +265,22 @@ class Reconciler:
             return Outcome(Phase.Pending, Reason.AgentNotReporting, stale, node=found.node)
         if not needs_resolve(status, found, generation):
             return None
+        # A probe whose agent went silent asks it (a resolve) whether it is back; until it answers, the
+        # probe keeps saying that the agent is not reporting.
+        waiting = find(status.get("conditions"), ConditionType.Measuring) or {}
+        silent = (Outcome(Phase.Pending, Reason.AgentNotReporting, str(waiting.get("message") or ""),
+                          node=found.node)
+                  if waiting.get("reason") == Reason.AgentNotReporting.value
+                  and status.get("node") == found.node else None)
         agent = self.find_agent(found.node)
         if agent is None:
-            return Outcome(Phase.Pending, Reason.NoAgentOnNode,
-                           f"no ready Mace agent on node {found.node}", node=found.node)
+            return silent or Outcome(Phase.Pending, Reason.NoAgentOnNode,
+                                     f"no ready Mace agent on node {found.node}", node=found.node)
         try:
             resolution = await self.agents.resolve(agent, found.container_ids, found.pod_ip,
                                                    spec.outer_device)
         except ResolveError as error:
-            waiting = find(status.get("conditions"), ConditionType.Measuring) or {}
-            if waiting.get("reason") == Reason.AgentNotReporting.value and status.get("node") == found.node:
-                # Still silent: keep saying so (the resolve was only asking whether it is back).
-                return Outcome(Phase.Pending, Reason.AgentNotReporting, str(waiting.get("message") or ""),
-                               node=found.node)
-            return Outcome(Phase.Pending, error.reason, error.message, node=found.node)
+            return silent or Outcome(Phase.Pending, error.reason, error.message, node=found.node)
         text = resolved_filter(spec, resolution)
         return Outcome(Phase.Measuring, Reason.Measuring, f"filter {text}", node=found.node, target=found,
                        resolution=resolution, filter=text)
