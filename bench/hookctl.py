@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from mace_agent import codegen, kernel
+from mace_agent import kernel
 from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
+from mace_agent.hooks import KernelHooks
 
 from mace.grammar import parse
 
@@ -116,13 +117,13 @@ class Loaded:
             kernel.prepare()
             from bcc import BPF
 
-            # the engine's hooks for this filter on this kernel (as Engine.start picks them)
-            engine_hooks = codegen.tracepoints(flt, codegen.KernelHooks.detect(kernel.tracepoint_exists))
+            # the engine's hooks on this kernel (as NodeEngine.start picks them)
+            engine_hooks = KernelHooks.detect(kernel.tracepoint_exists).tracepoints()
             self.programs = Programs(BPF(text=empty_program(EMPTY_KINDS[kind](engine_hooks)).encode()))
         elif kind == "engine":
             self.engine = Engine(flt, EngineConfig(stream=False))
             self.engine.start()
-            self.programs = Programs(self.engine._bpf)  # the engine has no detach/attach of its own
+            self.programs = Programs(self.engine.node.bpf)  # the engine has no detach/attach of its own
         else:
             raise ValueError(f"unknown kind {kind!r}")
         self.programs.detach()

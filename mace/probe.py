@@ -151,6 +151,14 @@ class ResultsState(StrEnum):
     Stopped = "Stopped"
 
 
+class Scope(StrEnum):
+    """What a probe measures: one process and its threads, or every process of some cgroups
+    (a pod's containers: their threads and the processes they fork included)."""
+
+    process = "process"
+    cgroup = "cgroup"
+
+
 class DirectionSummary(_Model):
     """Latency summary of one direction since the run started."""
 
@@ -177,6 +185,11 @@ class ProbeResults(_Model):
         default=None, alias="heartbeatSeconds", ge=1, le=3600,
         description="The agent writes results at least this often, changed or not; the operator "
                     "reports AgentNotReporting after 3 heartbeats without a write.")
+    scope: Scope | None = Field(
+        default=None, description="cgroup: every process of the measured containers' cgroups; process: "
+                                  "only the listed processes and their threads (no cgroup v2 id was usable).")
+    targets: int | None = Field(default=None, ge=0, le=MAX_PROC_IDS,
+                                description="Cgroups (or processes) the agent measures for this probe.")
     egress: DirectionSummary | None = None
     ingress: DirectionSummary | None = None
     matched: int | None = Field(default=None, ge=0, description="Packets whose two events were correlated.")

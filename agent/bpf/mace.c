@@ -1,32 +1,33 @@
-/* Mace engine: per-packet latency between one process's socket calls and one device.
+/* Mace engine: per-packet latency between the socket calls of measured processes and their
+ * outer devices, for every probe of a node at once.
  *
- * Compiled once per Protocol Filter. The agent prepends a generated prelude (see
- * mace_agent/codegen.py) that defines: the target (DEV_IFINDEX and NETNS_INUM, the agent's
- * network namespace; PROC_TGID and PROC_NETNS_INUM, the process's network namespace),
- * struct member offsets read from the kernel's BTF (OFF_*, SKB_SPAN_*), map sizes, the
- * counter and histogram constants, and per direction (OUT_, IN_) the required IP family and
- * transport protocol plus two functions copying the flow spec's fields out of a packet:
- * <dir>_corr() into the fixed-size packet id and <dir>_info() into the info bytes.
+ * Compiled and attached once per agent. Probes are data in maps, never code:
+ *   targets   cgroup id (or TGID_KEY | tgid) -> the target's probes, grouped per direction by
+ *             (flow layout, device): "is this a target?" is one lookup
+ *   devices   ifindex (agent's namespace) -> the device's slot and the flow layouts used on it
+ *   layouts   flow layout id -> a flow spec as gather entries (mace_agent/flows.py)
+ *   probes, probe_stats, hist, rate: per probe slot: settings, counters, histograms, event budget
+ * The prelude (mace_agent/program.py) defines the shared structs (mace_agent/layout.py), struct
+ * member offsets read from the kernel's BTF (OFF_*, SKB_SPAN_*), sizes and the kernel's optional
+ * hooks. No kernel struct layout from headers is used: kernel objects are read at BTF offsets.
  *
- * No kernel struct layout from headers is used: every kernel object is read at BTF offsets.
- *
- * Egress:  sys_enter_sendto/sendmsg/sendmmsg (the thread's start time, task-local; every packet
- *          of a sendmmsg call starts when the call does), or for TCP sent by other calls
- *          (write, writev) tcp_sendmsg_locked, where TCP starts queueing the data
- *          (TCP_SEND_HOOK: kernels that have it)
- *          -> net_dev_queue in that task's context (packet id -> start time)
- *          -> net_dev_start_xmit on the device (look up, stash per CPU)
- *          -> net_dev_xmit with rc == 0 (latency).
- * Ingress: netif_receive_skb on the device (packet id -> arrival time, info)
- *          -> in the receiving thread, skb_copy_datagram_iovec (TCP, raw, ICMP: any receive
- *             call, read() and readv() too) or, for UDP, the datagram a recvfrom/recvmsg/
- *             recvmmsg call noted at its start (move to the thread's batch)
- *          -> sock_recv_length, where the socket layer returns to the call (latency per
- *             packet, at most RX_SLOTS per return); kernels without it (SOCK_RECV_HOOK 0):
- *             only inside recvfrom/recvmsg/recvmmsg, reported at their exit.
- *          TCP segments merged on the socket are followed by sequence number (tcp_take).
- * On the outer device a VXLAN packet is read from the headers it encapsulates (an overlay
- * network's pod traffic); VXLAN is 0 when no VXLAN port is configured.
+ * Egress:  sys_enter_sendto/sendmsg/sendmmsg (the thread's start time, task-local), or for TCP
+ *          sent by other calls (write, writev) tcp_sendmsg_locked (TCP_SEND_HOOK)
+ *          -> net_dev_queue in that task's context: per group of the target, packet id ->
+ *             start time and the group's probes
+ *          -> net_dev_start_xmit on an outer device: per flow layout used there, look up; stash
+ *             the hits per CPU -> net_dev_xmit with rc == 0: one report per probe of each hit.
+ * Ingress: netif_receive_skb on an outer device: per flow layout used there, packet id ->
+ *          arrival time and info
+ *          -> in a receiving thread of a target, skb_copy_datagram_iovec (TCP, raw, ICMP: any
+ *             receive call) or, for UDP, the datagram a recvfrom/recvmsg/recvmmsg call noted
+ *             at its start: per group of the target, move to the thread's batch
+ *          -> sock_recv_length, where the socket layer returns to the call: one report per
+ *             probe of each packet taken (kernels without it: only inside recvfrom/recvmsg/
+ *             recvmmsg, reported at their exit; UDP is then not measured).
+ * Per packet on an outer device the work is one device lookup, one parse and, per flow layout
+ * in use on that device (at most DEV_LAYOUTS), one gather and one table probe: it does not
+ * depend on the number of probes.
  */
 
 #define NSEC_PER_SEC 1000000000ULL
@@ -35,75 +36,92 @@
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
 #define MSG_PEEK_ 2
+#define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
+#define STASH_HITS 4
+#define CORR_WORDS (CORR_BYTES / 8)
 
-struct corr_key { u8 b[CORR_BYTES]; };
-
-/* Header positions of one packet (kernel addresses; l2 is 0 when unknown), for TCP its
- * payload length (0: unknown), and the first hdr_len bytes from the network header, read in
- * one go; l4off is the transport header's position in them. */
+/* A parsed packet: kernel addresses of its headers, its family and transport, and its header
+ * bytes (b[0..L2_BYTES) the Ethernet header when has_l2, then from the network header; valid up
+ * to b_len). l4off: the transport header's position from the network header. */
 struct pkt {
-    const u8 *l2; const u8 *l3; const u8 *l4; u32 payload;
-    u32 l4off; u32 hdr_len; u32 pad;
-    u8 hdr[PKT_HDR_BYTES];
+    const u8 *l2; const u8 *l3;
+    u32 l4off; u32 payload;     /* TCP: its payload length (0: unknown) */
+    u32 b_len; u8 family; u8 proto; u8 has_l2; u8 no_data;  /* no_data: a TCP segment without payload */
+    u8 b[PKT_BYTES];
 };
 
-struct tx_val { u64 ts; u32 tid; u32 pad; };
-struct tx_stash {
-    u64 skb; u64 dev; u64 ts; u32 tid; u32 pad;
-    struct corr_key key;
-    u8 info[INFO_BYTES];
-};
-/* next_seq: TCP, the sequence number after this segment (0: unknown) */
-struct rx_val { u64 ts; u32 next_seq; u32 pad; u8 info[INFO_BYTES]; };
+struct probe_hist { u64 b[2 * HIST_BUCKETS]; };
+struct tx_hit { struct corr_key key; struct tx_val value; u8 info[INFO_BYTES]; };
+struct tx_stash { u64 skb; u64 dev; u32 n; u32 pad; struct tx_hit hit[STASH_HITS]; };
+struct rx_slot { u64 ts; u16 slot; u16 pad[3]; u8 info[INFO_BYTES]; };
 struct rx_batch {
     u32 active; u32 n;          /* in a hooked receive call; packets in slot[] */
     u64 sk;                     /* UDP: the socket being read */
-    u32 claimed;                /* UDP: claim holds the id of the datagram the call returns next */
+    u32 claimed;                /* UDP: bit g: claim[g] holds group g's id of the datagram returned next */
     u32 multi;                  /* a recvmmsg call: it may return several datagrams */
-    struct corr_key claim;
-    u32 resume; u32 resumable;  /* TCP: sequence number of the next segment not yet taken */
-    struct rx_val slot[RX_SLOTS];
+    u32 n_groups; u32 watching;           /* UDP: the call waits on its socket (udp_waiters) */
+    struct group groups[TARGET_GROUPS];   /* UDP: the target's ingress groups when the call began */
+    struct corr_key claim[TARGET_GROUPS];
+    u32 resume[TARGET_GROUPS];  /* TCP, per group: sequence number of the next segment not yet taken */
+    u32 resumable[TARGET_GROUPS];
+    struct rx_slot slot[RX_SLOTS];
 };
-struct event {
-    u64 ts_end; u64 latency; u32 pid; u32 tid; u8 direction; u8 pad[7];
-    u8 info[INFO_BYTES];
-};
-struct rate_window { u64 second; u64 count; };
-
-/* Per-call state of each thread of the process lives in task-local storage: no hashing, no
- * locks, and the kernel frees it when the thread exits. */
 struct tx_call { u64 start; u32 active; u32 by_socket; };
+
+BPF_HASH(targets, u64, struct target, MAX_TARGETS);
+BPF_HASH(devices, u32, struct device, MAX_DEVICES);
+BPF_ARRAY(layouts, struct flow_layout, MAX_LAYOUTS);
+BPF_ARRAY(probes, struct probe, PROBE_SLOTS);
+BPF_ARRAY(probe_stats, struct probe_stats, PROBE_SLOTS);
+BPF_ARRAY(hist, struct probe_hist, PROBE_SLOTS);
+BPF_ARRAY(rate, struct rate_window, PROBE_SLOTS);
+BPF_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
+BPF_ARRAY(flags, u64, 1);               /* [0]: some targets are processes (TGID_KEY keys) */
+BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call */
 BPF_TASK_STORAGE(tx_call, struct tx_call);
 BPF_TASK_STORAGE(rx_batch, struct rx_batch);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
-BPF_PERCPU_ARRAY(counters, u64, N_COUNTERS);
-BPF_PERCPU_ARRAY(hist, u64, 2 * HIST_BUCKETS);
-BPF_ARRAY(control, u64, 2);            /* [CONTROL_STREAM] 0/1, [CONTROL_RATE] events/s, 0: no limit */
-BPF_ARRAY(rate, struct rate_window, 1);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 BPF_PERCPU_ARRAY(wake, u64, 1);         /* events submitted on this CPU since the last wake-up */
-BPF_ARRAY(last_send, u64, 1);           /* when the process last entered a send call */
-BPF_ARRAY(target_dev, u64, 1);          /* the outer device's struct net_device, once seen */
+
+/* The parsed packet lives in a per-CPU entry of its own for each program (the stack is too small
+ * for it): a program never runs nested in itself on one CPU (the kernel skips such runs), while
+ * different programs may interrupt each other. */
+enum { AT_QUEUE, AT_START_XMIT, AT_RECEIVE, AT_COPY, AT_RECV_CALL, AT_DATA_READY, AT_RECV_RETURN, N_SCRATCH };
+BPF_PERCPU_ARRAY(scratch, struct pkt, N_SCRATCH);
+
+/* The zeroed packet buffer of program `which` on this CPU. */
+static __always_inline struct pkt *pkt_buffer(u32 which)
+{
+    struct pkt *p = scratch.lookup(&which);
+    if (p)
+        __builtin_memset(p, 0, sizeof(*p));
+    return p;
+}
 
 /* ---- pending packets ----
  * Packets seen at one end wait for the other end in a set-associative table: PENDING_SETS
- * sets of PENDING_WAYS ways in an array, the set chosen by a hash of the packet id. An insert
- * takes an empty or expired way, else evicts the oldest packet of the set; nothing locks and
- * nothing allocates, so a flood that nobody takes costs one hash and one array lookup per
- * packet (an LRU hash map took a global lock and evicted on every insert). Ways older than
+ * sets of PENDING_WAYS ways in an array, the set chosen by a hash of the packet id (which
+ * starts with its flow layout and device). An insert takes an empty or expired way, else
+ * evicts the oldest packet of the set; nothing locks and nothing allocates. Ways older than
  * TTL_NS never match; user space counts them as expired (mace_agent/pending.py). A way is
  * published by writing its hash last; readers compare hash and id. */
 #define PENDING_SETS ((MAP_ENTRIES + PENDING_WAYS - 1) / PENDING_WAYS)
-#define CORR_WORDS (CORR_BYTES / 8)
+#define KEY_WORDS (sizeof(struct corr_key) / 8)
+
+static __always_inline u64 key_word(const struct corr_key *key, u32 i)
+{
+    u64 w;
+    __builtin_memcpy(&w, (const u8 *)key + 8 * i, 8);
+    return w;
+}
 
 static __always_inline u64 key_hash(const struct corr_key *key)
 {
-    u64 w[CORR_WORDS];
-    __builtin_memcpy(w, key->b, sizeof(w));
     u64 h = 0x9e3779b97f4a7c15ULL;
 #pragma unroll
-    for (int i = 0; i < CORR_WORDS; i++) {
-        h = (h ^ w[i]) * 0xff51afd7ed558ccdULL;
+    for (u32 i = 0; i < KEY_WORDS; i++) {
+        h = (h ^ key_word(key, i)) * 0xff51afd7ed558ccdULL;
         h ^= h >> 32;
     }
     return h | 1;  /* 0 marks an empty way */
@@ -111,13 +129,10 @@ static __always_inline u64 key_hash(const struct corr_key *key)
 
 static __always_inline int same_key(const struct corr_key *a, const struct corr_key *b)
 {
-    u64 x[CORR_WORDS], y[CORR_WORDS];
-    __builtin_memcpy(x, a->b, sizeof(x));
-    __builtin_memcpy(y, b->b, sizeof(y));
     u64 diff = 0;
 #pragma unroll
-    for (int i = 0; i < CORR_WORDS; i++)
-        diff |= x[i] ^ y[i];
+    for (u32 i = 0; i < KEY_WORDS; i++)
+        diff |= key_word(a, i) ^ key_word(b, i);
     return diff == 0;
 }
 
@@ -126,10 +141,8 @@ static __always_inline int same_key(const struct corr_key *a, const struct corr_
 struct name##_way { u64 hash; struct corr_key key; value_t value; };                        \
 struct name##_set { struct name##_way way[PENDING_WAYS]; };
 
-/* The operations on a table <name> of <value_t>, given <name>_set_of(hash) (bcc needs map
- * lookups outside macros):
- *   <name>_find(key, now): the way holding key, not expired (0: none);
- *   <name>_insert(key, value): 0 if inserted, -1 if key is already pending. */
+/* <name>_find(key, now): the way holding key, not expired (0: none);
+ * <name>_insert(key, value): 0 if inserted, -1 if key is already pending. */
 #define PENDING_FUNCTIONS(name, value_t)                                                    \
 static __always_inline struct name##_way *name##_find(const struct corr_key *key, u64 now)  \
 {                                                                                           \
@@ -194,18 +207,21 @@ static __always_inline struct rx_pending_set *rx_pending_set_of(u64 hash)
 PENDING_FUNCTIONS(tx_pending, struct tx_val)
 PENDING_FUNCTIONS(rx_pending, struct rx_val)
 
-static __always_inline void count(u32 index, u64 n)
+/* ---- counters, histograms, events ---- */
+
+static __always_inline void probe_count(u32 probe, u32 index, u64 n)
 {
-    u64 *value = counters.lookup(&index);
-    if (value)
-        *value += n;
+    struct probe_stats *s = probe_stats.lookup(&probe);
+    if (s && index < N_PROBE_COUNTERS)
+        __sync_fetch_and_add(&s->c[index], n);
 }
 
-static __always_inline void count_max(u32 index, u64 n)
+static __always_inline void group_count(u32 dev, u32 layout, u32 index)
 {
-    u64 *value = counters.lookup(&index);
-    if (value && n > *value)
-        *value = n;
+    u32 at = dev * MAX_LAYOUTS + layout;
+    struct group_stats *s = group_stats.lookup(&at);
+    if (s && index < N_GROUP_COUNTERS)
+        __sync_fetch_and_add(&s->c[index], 1);
 }
 
 static __always_inline u32 log2_u64(u64 v)
@@ -229,12 +245,11 @@ static __always_inline u32 bucket(u64 v)
     return HIST_SUB * (m - HIST_SUB_BITS + 1) + ((v >> (m - HIST_SUB_BITS)) & (HIST_SUB - 1));
 }
 
-static __always_inline int rate_allows(u64 now, u64 limit)
+static __always_inline int rate_allows(u32 probe, u64 now, u64 limit)
 {
-    u32 zero = 0;
-    struct rate_window *w = rate.lookup(&zero);
     if (!limit)
         return 1;
+    struct rate_window *w = rate.lookup(&probe);
     if (!w)
         return 0;
     u64 second = now / NSEC_PER_SEC;
@@ -246,49 +261,69 @@ static __always_inline int rate_allows(u64 now, u64 limit)
     return w->count <= limit;
 }
 
-/* One measured packet: histogram and summary always, an event when the stream is on. */
-static __always_inline void record(u32 dir, u64 ts, u64 now, u32 tid, const u8 *info)
+/* One measured packet for one probe: histogram and summary always, an event when its stream is on. */
+static __always_inline void record(u32 probe, u32 dir, u64 ts, u64 now, u32 pid, u32 tid, const u8 *info)
 {
     u64 latency = now > ts ? now - ts : 0;
+    struct probe_hist *h = hist.lookup(&probe);
     u32 slot = dir * HIST_BUCKETS + bucket(latency);
-    u64 *h = hist.lookup(&slot);
-    if (h)
-        *h += 1;
-    u32 base = C_OUT_COUNT + dir * (C_IN_COUNT - C_OUT_COUNT);
-    count(base, 1);
-    count(base + 1, latency);
-    count_max(base + 2, latency);
-    u32 key = CONTROL_STREAM;
-    u64 *on = control.lookup(&key);
-    key = CONTROL_RATE;
-    u64 *limit = control.lookup(&key);
-    if (!on || !*on || !limit)
+    if (h && slot < 2 * HIST_BUCKETS)
+        __sync_fetch_and_add(&h->b[slot], 1);
+    struct probe_stats *s = probe_stats.lookup(&probe);
+    if (s) {
+        u32 base = dir ? C_IN_COUNT : C_OUT_COUNT;
+        __sync_fetch_and_add(&s->c[base], 1);
+        __sync_fetch_and_add(&s->c[base + 1], latency);
+        if (latency > s->c[base + 2])
+            s->c[base + 2] = latency;
+    }
+    struct probe *settings = probes.lookup(&probe);
+    if (!settings || !settings->stream)
         return;
-    if (!rate_allows(now, *limit)) {
-        count(C_RATE_LIMITED, 1);
+    if (!rate_allows(probe, now, settings->rate_limit)) {
+        probe_count(probe, C_RATE_LIMITED, 1);
         return;
     }
     struct event *e = events.ringbuf_reserve(sizeof(struct event));
     if (!e) {
-        count(C_RINGBUF_DROPPED, 1);
+        probe_count(probe, C_RINGBUF_DROPPED, 1);
         return;
     }
     e->ts_end = now;
     e->latency = latency;
-    e->pid = PROC_TGID;
+    e->pid = pid;
     e->tid = tid;
+    e->probe = probe;
     e->direction = dir;
     __builtin_memcpy(e->info, info, INFO_BYTES);
     /* Waking the reader costs microseconds per event: user space drains the ring on a timer
      * and is woken only once per WAKE_EVERY events of a CPU, long before the ring can fill. */
     u32 zero = 0;
     u64 *unsignalled = wake.lookup(&zero);
-    u64 flags = BPF_RB_NO_WAKEUP;
+    u64 flags_ = BPF_RB_NO_WAKEUP;
     if (unsignalled && ++*unsignalled >= WAKE_EVERY) {
         *unsignalled = 0;
-        flags = BPF_RB_FORCE_WAKEUP;
+        flags_ = BPF_RB_FORCE_WAKEUP;
     }
-    events.ringbuf_submit(e, flags);
+    events.ringbuf_submit(e, flags_);
+}
+
+/* ---- targets and devices ---- */
+
+/* The target the current task belongs to: its cgroup, else (when some targets are processes)
+ * its process. 0 for everybody else: one hash lookup. */
+static __always_inline struct target *current_target(void)
+{
+    u64 key = bpf_get_current_cgroup_id();
+    struct target *t = targets.lookup(&key);
+    if (t)
+        return t;
+    u32 zero = 0;
+    u64 *processes = flags.lookup(&zero);
+    if (!processes || !*processes)
+        return 0;
+    key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
+    return targets.lookup(&key);
 }
 
 /* Inode number of a device's network namespace (0 if unreadable). */
@@ -303,155 +338,130 @@ static __always_inline u32 dev_netns(const u8 *dev)
     return inum;
 }
 
-/* Whether dev is the outer device. The first positive answer caches the device's address:
- * from then on one comparison answers for every device, with no read of kernel memory. (The
- * engine stops once the device is gone, so the address cannot come to mean another device.) */
-static __always_inline int is_target_dev(const u8 *dev)
+/* The outer device entry of dev (0: not an outer device). Its struct net_device's address is
+ * remembered once its namespace was checked: later packets need no namespace read. (The agent
+ * removes an entry once its device is gone, so the address cannot come to mean another one.) */
+static __always_inline struct device *outer_dev(const u8 *dev)
 {
-    u32 zero = 0;
-    u64 *known = target_dev.lookup(&zero);
-    if (known && *known)
-        return (u64)dev == *known;
-    int ifindex = 0;
+    u32 ifindex = 0;
     if (!dev || bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX))
         return 0;
-    if (ifindex != DEV_IFINDEX || dev_netns(dev) != NETNS_INUM)
+    struct device *d = devices.lookup(&ifindex);
+    if (!d)
         return 0;
-    if (known)
-        *known = (u64)dev;
-    return 1;
+    if (d->seen == (u64)dev)
+        return d;
+    if (dev_netns(dev) != d->netns)
+        return 0;
+    d->seen = (u64)dev;
+    return d;
 }
 
-/* 0 if the TCP segment carries data (p->payload: its length, 0 if unknown), -1 if not. */
-static __always_inline int tcp_payload(struct pkt *p, u32 ip_total, u32 ip_header)
-{
-    u8 doff = 0;
-    if (ip_header == 20 && p->hdr_len >= 33)
-        doff = p->hdr[32];
-    else if (ip_header == 40 && p->hdr_len >= 53)
-        doff = p->hdr[52];
-    else if (bpf_probe_read_kernel(&doff, 1, p->l4 + 12))
-        return -1;
-    if (!ip_total)  /* GSO packets over 64 KiB carry no length */
-        return 0;
-    u32 headers = ip_header + (doff >> 4) * 4;
-    if (ip_total <= headers)
-        return -1;
-    p->payload = ip_total - headers;
-    return 0;
-}
-
-/* Read the first bytes from the network header: PKT_HDR_BYTES, or at least the fixed header
- * (a packet ending close to an unmapped page). 0 on success, also when they were read before. */
-static __always_inline int read_header(struct pkt *p, u32 fixed)
-{
-    if (p->hdr_len >= fixed)
-        return 0;
-    if (bpf_probe_read_kernel(p->hdr, PKT_HDR_BYTES, p->l3) == 0) {
-        p->hdr_len = PKT_HDR_BYTES;
-        return 0;
-    }
-    if (bpf_probe_read_kernel(p->hdr, fixed, p->l3) == 0) {
-        p->hdr_len = fixed;
-        return 0;
-    }
-    return -1;
-}
-
-/* Check the network header against the required family/transport and find the L4 header. */
-static __always_inline int parse_l3(struct pkt *p, u16 proto, int family, int l4proto)
-{
-    const u8 *ip = p->hdr;
-    if (proto == ETH_P_IP) {
-        if (family == 6 || read_header(p, 20) || (ip[0] >> 4) != 4)
-            return -1;
-        if (!l4proto)
-            return 0;
-        if (ip[9] != l4proto || ((ip[6] & 0x1f) | ip[7]))  /* other transport, or a later fragment */
-            return -1;
-        u32 header = (ip[0] & 0xf) * 4;
-        p->l4 = p->l3 + header;
-        p->l4off = header;
-        if (l4proto == IPPROTO_TCP_)
-            return tcp_payload(p, ((u32)ip[2] << 8) | ip[3], header);
-        return 0;
-    }
-    if (proto == ETH_P_IPV6) {
-        if (family == 4 || read_header(p, 40) || (ip[0] >> 4) != 6)
-            return -1;
-        if (!l4proto)
-            return 0;
-        if (ip[6] != l4proto)
-            return -1;
-        p->l4 = p->l3 + 40;
-        p->l4off = 40;
-        if (l4proto == IPPROTO_TCP_)
-            return tcp_payload(p, 40 + (((u32)ip[4] << 8) | ip[5]), 40);
-        return 0;
-    }
-    return -1;
-}
+/* ---- parsing ---- */
 
 static __always_inline u32 be32_at(const u8 *b)
 {
     return ((u32)b[0] << 24) | ((u32)b[1] << 16) | ((u32)b[2] << 8) | b[3];
 }
 
-static __always_inline void put_be32(u8 *b, u32 v)
+/* Read the header bytes from the network header: L3_BYTES, or at least the fixed header (a
+ * packet ending close to an unmapped page). */
+static __always_inline int read_l3(struct pkt *p)
 {
-    b[0] = v >> 24;
-    b[1] = v >> 16;
-    b[2] = v >> 8;
-    b[3] = v;
+    if (bpf_probe_read_kernel(p->b + L2_BYTES, L3_BYTES, p->l3) == 0) {
+        p->b_len = L2_BYTES + L3_BYTES;
+        return 0;
+    }
+    if (bpf_probe_read_kernel(p->b + L2_BYTES, 40, p->l3) == 0) {
+        p->b_len = L2_BYTES + 40;
+        return 0;
+    }
+    if (bpf_probe_read_kernel(p->b + L2_BYTES, 20, p->l3) == 0) {
+        p->b_len = L2_BYTES + 20;
+        return 0;
+    }
+    return -1;
+}
+
+/* The transport header's position and, for TCP, the payload length; the transport bytes are
+ * read on their own if the first read did not reach them. */
+static __always_inline void parse_l4(struct pkt *p, u32 ip_total)
+{
+    if (p->l4off + 16 > L3_BYTES)
+        return;
+    if (L2_BYTES + p->l4off + 16 > p->b_len) {
+        if (bpf_probe_read_kernel(p->b + L2_BYTES + p->l4off, 16, p->l3 + p->l4off))
+            return;
+        p->b_len = L2_BYTES + p->l4off + 16;
+    }
+    if (p->proto != IPPROTO_TCP_ || !ip_total)  /* GSO packets over 64 KiB carry no length */
+        return;
+    u8 doff = p->b[(L2_BYTES + p->l4off + 12) & (PKT_BYTES - 1)];
+    u32 headers = p->l4off + (doff >> 4) * 4;
+    if (ip_total > headers)
+        p->payload = ip_total - headers;
+    else
+        p->no_data = 1;
+}
+
+/* Family, transport and transport header of the packet at p->l3 (EtherType proto). */
+static __always_inline int parse_l3(struct pkt *p, u16 proto)
+{
+    if (read_l3(p))
+        return -1;
+    const u8 *ip = p->b + L2_BYTES;
+    u32 total;
+    if (proto == ETH_P_IP && (ip[0] >> 4) == 4) {
+        p->family = 4;
+        if ((ip[6] & 0x1f) | ip[7])  /* a later fragment: no transport header */
+            return 0;
+        p->proto = ip[9];
+        p->l4off = (ip[0] & 0xf) * 4;
+        total = ((u32)ip[2] << 8) | ip[3];
+    } else if (proto == ETH_P_IPV6 && (ip[0] >> 4) == 6) {
+        p->family = 6;
+        p->proto = ip[6];
+        p->l4off = 40;
+        total = 40 + (((u32)ip[4] << 8) | ip[5]);
+    } else {
+        return -1;
+    }
+    parse_l4(p, total);
+    return 0;
 }
 
 /* Where parse_skb is called from. */
 #define AT_RX_DEVICE 1  /* netif_receive_skb: skb->data is the network header, network_header unset */
-#define AT_OUTER 2      /* the outer device, where a pod's packet may be VXLAN-encapsulated */
+#define AT_OUTER 2      /* an outer device, where a pod's packet may be VXLAN-encapsulated */
 
 #if VXLAN
-/* If the packet is VXLAN (UDP to a port VXLAN_PORT() names, the I flag set), point p->l2 and
- * p->l3 at the encapsulated Ethernet and network headers and return their EtherType (the
- * header bytes are then read again there); else return 0 and leave p as it was. */
-static __always_inline u16 vxlan_inner(struct pkt *p, u16 proto)
+/* If the parsed packet is VXLAN (UDP to a port VXLAN_PORT() names, the I flag set), return the
+ * EtherType of the packet it encapsulates and point p->l2 and p->l3 at its headers; else 0. */
+static __always_inline u16 vxlan_inner(struct pkt *p)
 {
-    const u8 *ip = p->hdr;
-    u32 h;
-    if (proto == ETH_P_IP) {
-        if (read_header(p, 20) || (ip[0] >> 4) != 4 || ip[9] != IPPROTO_UDP_ || ((ip[6] & 0x3f) | ip[7]))
-            return 0;  /* not UDP, or a fragment */
-        h = (ip[0] & 0xf) * 4;
-    } else if (proto == ETH_P_IPV6) {
-        if (read_header(p, 40) || (ip[0] >> 4) != 6 || ip[6] != IPPROTO_UDP_)
-            return 0;
-        h = 40;
-    } else {
-        return 0;
-    }
     /* UDP (8 bytes), VXLAN (8), Ethernet (14), maybe one VLAN tag (4) */
-    u8 tail[34];
-    if (h == 20 && p->hdr_len >= 20 + sizeof(tail))
-        __builtin_memcpy(tail, p->hdr + 20, sizeof(tail));
-    else if (bpf_probe_read_kernel(tail, sizeof(tail), p->l3 + h))
+    u32 at = L2_BYTES + p->l4off;
+    if (p->proto != IPPROTO_UDP_ || at + 34 > p->b_len)
         return 0;
-    if (!VXLAN_PORT(((u16)tail[2] << 8) | tail[3]) || !(tail[8] & 0x08))
+#define T(i) (p->b[(at + (i)) & (PKT_BYTES - 1)])
+    if (!VXLAN_PORT(((u16)T(2) << 8) | T(3)) || !(T(8) & 0x08))
         return 0;
-    u16 type = ((u16)tail[28] << 8) | tail[29];
-    u32 inner = h + 30;
+    u16 type = ((u16)T(28) << 8) | T(29);
+    u32 inner = p->l4off + 30;
     if (type == 0x8100) {
-        type = ((u16)tail[32] << 8) | tail[33];
+        type = ((u16)T(32) << 8) | T(33);
         inner += 4;
     }
-    p->l2 = p->l3 + h + 16;
+#undef T
+    p->l2 = p->l3 + p->l4off + 16;
     p->l3 += inner;
-    p->hdr_len = 0;
     return type;
 }
 #endif
 
-/* Locate the headers of an skb (at: AT_* flags). Outside netif_receive_skb network_header is
- * valid. */
-static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, int l4proto, int at)
+/* Locate and read the headers of an skb (at: AT_* flags). Outside netif_receive_skb
+ * network_header is valid. 0 on success. */
+static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int at)
 {
     u8 span[SKB_SPAN_LEN];
     u64 head, data;
@@ -473,30 +483,70 @@ static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int family, i
     else
         p->l3 = (const u8 *)head + network;
     u16 proto = (u16)((proto_be & 0xff) << 8) | (proto_be >> 8);
+    if (parse_l3(p, proto))
+        return -1;
 #if VXLAN
     if (at & AT_OUTER) {
-        u16 inner = vxlan_inner(p, proto);
-        if (inner)
-            proto = inner;
+        u16 inner = vxlan_inner(p);
+        if (inner) {
+            p->proto = p->l4off = p->payload = p->no_data = 0;
+            if (parse_l3(p, inner))
+                return -1;
+        }
     }
 #endif
-    return parse_l3(p, proto, family, l4proto);
+    if (p->l2 && bpf_probe_read_kernel(p->b, 14, p->l2) == 0)
+        p->has_l2 = 1;
+    return 0;
 }
 
-/* ---- generated field copies ---- */
+/* ---- flow layouts: packing a packet's fields ---- */
 
-/* Parse an skb (at: AT_* flags) and pack the flow spec's corr fields into key (zeroed first):
- * 0 on success. */
-static __always_inline int out_key(const u8 *skb, struct pkt *p, struct corr_key *key, int at)
+static __always_inline int layout_fits(const struct flow_layout *l, const struct pkt *p)
 {
-    __builtin_memset(key, 0, sizeof(*key));
-    return parse_skb(skb, p, OUT_FAMILY, OUT_L4PROTO, at) || out_corr(p, key->b);
+    /* TCP layouts see data segments only: a pure ACK carries the next segment's sequence number */
+    return (!l->family || l->family == p->family) && (!l->l4proto || (l->l4proto == p->proto && !p->no_data))
+        && (!l->needs_l2 || p->has_l2);
 }
 
-static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key *key, int at)
+/* Where a gather entry's byte sits in p->b. Bytes never read are zero (struct pkt starts zeroed
+ * and the reads stop short of its end, where NO_SOURCE points), so the gathers need no branch. */
+static __always_inline u32 gather_pos(const struct pkt *p, u8 src)
 {
-    __builtin_memset(key, 0, sizeof(*key));
-    return parse_skb(skb, p, IN_FAMILY, IN_L4PROTO, at) || in_corr(p, key->b);
+    return ((src & ~L4_SOURCE) + (src >> 7) * (L2_BYTES + p->l4off)) & (PKT_BYTES - 1);
+}
+
+/* The packet id of p for layout l (its id and device already in key): 0 unless the transport
+ * bytes it needs were not read. */
+static __always_inline int gather_corr(const struct pkt *p, const struct flow_layout *l, struct corr_key *key)
+{
+    if (l->corr_l4_end && L2_BYTES + p->l4off + l->corr_l4_end > p->b_len)
+        return -1;
+#pragma clang loop unroll(disable)
+    for (u32 j = 0; j < CORR_BYTES; j++)
+        key->b[j] = p->b[gather_pos(p, l->corr_src[j])] & l->corr_mask[j];
+    return 0;
+}
+
+/* The info bytes of p for layout l (fields not in the packet are zero). */
+static __always_inline void gather_info(const struct pkt *p, const struct flow_layout *l, u8 *info)
+{
+#pragma clang loop unroll(disable)
+    for (u32 j = 0; j < INFO_BYTES; j++)
+        info[j] = p->b[gather_pos(p, l->info_src[j])] & l->info_mask[j];
+}
+
+/* The packet id of p for group (layout, dev): the layout, or 0 if p does not fit it. */
+static __always_inline const struct flow_layout *key_for(const struct pkt *p, u32 layout, u32 dev,
+                                                         struct corr_key *key)
+{
+    const struct flow_layout *l = layouts.lookup(&layout);
+    if (!l || !layout_fits(l, p))
+        return 0;
+    key->layout = layout;
+    key->dev = dev;
+    key->pad = 0;
+    return gather_corr(p, l, key) ? 0 : l;
 }
 
 /* ---- egress ---- */
@@ -505,8 +555,7 @@ static __always_inline int in_key(const u8 *skb, struct pkt *p, struct corr_key 
  * data of a call that entered no hooked system call (write, writev). */
 static __always_inline int tx_begin(u32 by_socket)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
+    if (!current_target())
         return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0,
                                                     BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -523,12 +572,10 @@ static __always_inline int tx_begin(u32 by_socket)
     return 0;
 }
 
-/* A send ends: at the system call's exit, or (by_socket) where the socket layer returns. */
+/* A send ends: at the system call's exit, or (by_socket) where the socket layer returns.
+ * Threads that never sent as a target have no storage: one lookup of the task's own list. */
 static __always_inline int tx_end(u32 by_socket)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
-        return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
     if (call && (!by_socket || call->by_socket))
         call->active = 0;
@@ -548,33 +595,40 @@ RAW_TRACEPOINT_PROBE(sock_send_length) { return tx_end(1); }
 
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
-        return 0;
-    u32 tid = id;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
     if (!call || !call->active)
         return 0;
+    struct target *t = current_target();
+    if (!t || !t->n_out)
+        return 0;
     /* Softirqs run in this context may queue other packets (forwarded ones, or a reply
      * made in another namespace to the packet being sent): keep only packets made here
-     * (never received on an interface) and queued on a device of the process's namespace. */
+     * (never received on an interface) and queued on a device of the target's namespace. */
     const u8 *skb = (const u8 *)ctx->args[0];
     int iif = -1;
     u64 dev = 0;
     if (bpf_probe_read_kernel(&iif, sizeof(iif), skb + OFF_SKB_IIF) || iif)
         return 0;
-    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV)
-        || dev_netns((const u8 *)dev) != PROC_NETNS_INUM)
+    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || dev_netns((const u8 *)dev) != t->netns)
         return 0;
-    struct pkt p = {};
-    struct corr_key key;
-    if (out_key(skb, &p, &key, 0))
+    struct pkt *p = pkt_buffer(AT_QUEUE);
+    if (!p || parse_skb(skb, p, 0))
         return 0;
-    struct tx_val value = {.ts = call->start, .tid = tid};
-    /* Refused when already pending: the packet is queued again on later devices in the same
-     * context, and its first queueing counts. */
-    if (tx_pending_insert(&key, &value) == 0)
-        count(C_OUT_INSERTED, 1);
+    u64 id = bpf_get_current_pid_tgid();
+    struct tx_val value = {.ts = call->start, .pid = id >> 32, .tid = (u32)id};
+    for (u32 g = 0; g < TARGET_GROUPS; g++) {
+        if (g >= t->n_out)
+            break;
+        struct group *group = &t->out[g];
+        struct corr_key key;
+        if (!key_for(p, group->layout, group->dev, &key))
+            continue;
+        value.slot = group->slot;
+        /* Refused when already pending: the packet is queued again on later devices in the
+         * same context, and its first queueing counts. */
+        if (tx_pending_insert(&key, &value) == 0)
+            probe_count(group->slot, C_OUT_INSERTED, 1);
+    }
     return 0;
 }
 
@@ -582,10 +636,11 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
     const u8 *skb = (const u8 *)ctx->args[0];
     const u8 *dev = (const u8 *)ctx->args[1];
-    if (!is_target_dev(dev))
+    struct device *d = outer_dev(dev);
+    if (!d || !d->n_out)
         return 0;
-    /* Nothing can be pending unless the process sent within the expiry time: while it is idle,
-     * every packet on the outer device leaves after one more lookup. */
+    /* Nothing can be pending unless a target sent within the expiry time: while targets are
+     * idle, every packet on an outer device leaves after one more lookup. */
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     u64 now = bpf_ktime_get_ns();
@@ -595,18 +650,30 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
     if (!stash)
         return 0;
     stash->skb = 0;
-    struct pkt p = {};
-    if (out_key(skb, &p, &stash->key, AT_OUTER))
+    stash->n = 0;
+    struct pkt *p = pkt_buffer(AT_START_XMIT);
+    if (!p || parse_skb(skb, p, AT_OUTER))
         return 0;
-    struct tx_pending_way *pending = tx_pending_find(&stash->key, now);
-    if (!pending)
-        return 0;
-    stash->ts = pending->value.ts;
-    stash->tid = pending->value.tid;
-    __builtin_memset(stash->info, 0, sizeof(stash->info));
-    out_info(&p, stash->info);
-    stash->dev = (u64)dev;
-    stash->skb = (u64)skb;
+    u32 n = 0;
+    for (u32 i = 0; i < DEV_LAYOUTS; i++) {
+        if (i >= d->n_out || n >= STASH_HITS)
+            break;
+        struct tx_hit *hit = &stash->hit[n & (STASH_HITS - 1)];
+        const struct flow_layout *l = key_for(p, d->out_layouts[i], d->slot, &hit->key);
+        if (!l)
+            continue;
+        struct tx_pending_way *pending = tx_pending_find(&hit->key, now);
+        if (!pending)
+            continue;
+        __builtin_memcpy(&hit->value, &pending->value, sizeof(hit->value));
+        gather_info(p, l, hit->info);
+        n++;
+    }
+    if (n) {
+        stash->n = n;
+        stash->dev = (u64)dev;
+        stash->skb = (u64)skb;
+    }
     return 0;
 }
 
@@ -621,12 +688,17 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
     if ((int)ctx->args[1] != 0)  /* not NETDEV_TX_OK: the packet will be sent again */
         return 0;
     u64 now = bpf_ktime_get_ns();
-    struct tx_pending_way *pending = tx_pending_find(&stash->key, now);
-    if (!pending)
-        return 0;
-    pending->hash = 0;
-    count(C_OUT_MATCHED, 1);
-    record(DIR_OUT, stash->ts, now, stash->tid, stash->info);
+    for (u32 h = 0; h < STASH_HITS; h++) {
+        if (h >= stash->n)
+            break;
+        struct tx_hit *hit = &stash->hit[h];
+        struct tx_pending_way *pending = tx_pending_find(&hit->key, now);
+        if (!pending)
+            continue;
+        pending->hash = 0;
+        probe_count(hit->value.slot, C_OUT_MATCHED, 1);
+        record(hit->value.slot, DIR_OUT, hit->value.ts, now, hit->value.pid, hit->value.tid, hit->info);
+    }
     return 0;
 }
 
@@ -636,49 +708,57 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
     const u8 *skb = (const u8 *)ctx->args[0];
     u64 dev = 0;
-    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || !is_target_dev((const u8 *)dev))
+    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV))
         return 0;
-    struct pkt p = {};
-    struct corr_key key;
-    if (in_key(skb, &p, &key, AT_RX_DEVICE | AT_OUTER))
+    struct device *d = outer_dev((const u8 *)dev);
+    if (!d || !d->n_in)
+        return 0;
+    struct pkt *p = pkt_buffer(AT_RECEIVE);
+    if (!p || parse_skb(skb, p, AT_RX_DEVICE | AT_OUTER))
         return 0;
     struct rx_val value = {};
     value.ts = bpf_ktime_get_ns();
-#if TCP_SEQ_AT >= 0
-    if (p.payload)
-        value.next_seq = be32_at(key.b + TCP_SEQ_AT) + p.payload;
-#endif
-    in_info(&p, value.info);
-    if (rx_pending_insert(&key, &value) == 0)
-        count(C_IN_INSERTED, 1);
-    else
-        count(C_IN_DUPLICATE, 1);
+    for (u32 i = 0; i < DEV_LAYOUTS; i++) {
+        if (i >= d->n_in)
+            break;
+        u32 layout = d->in_layouts[i];
+        struct corr_key key;
+        const struct flow_layout *l = key_for(p, layout, d->slot, &key);
+        if (!l)
+            continue;
+        u32 at = l->tcp_seq_at;
+        value.next_seq = 0;
+        if (p->payload && at <= CORR_BYTES - 4)
+            value.next_seq = be32_at(key.b + at) + p->payload;
+        gather_info(p, l, value.info);
+        group_count(d->slot, layout, rx_pending_insert(&key, &value) ? G_IN_DUPLICATE : G_IN_INSERTED);
+    }
     return 0;
 }
 
-/* The receive state of the current thread of the process (0 for other processes). */
-static __always_inline struct rx_batch *rx_state(u64 flags)
+/* The receive state of the current thread (0 for threads that never received as a target). */
+static __always_inline struct rx_batch *rx_state(u64 flags_)
 {
-    u64 id = bpf_get_current_pid_tgid();
-    if ((id >> 32) != PROC_TGID)
-        return 0;
-    return rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, flags);
+    return rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, flags_);
 }
 
 /* Report the packets in the thread's batch: the socket layer is handing them to the process. */
-static __always_inline void rx_flush(struct rx_batch *batch, u32 tid, u64 now)
+static __always_inline void rx_flush(struct rx_batch *batch, u64 now)
 {
+    u64 id = bpf_get_current_pid_tgid();
     for (u32 i = 0; i < RX_SLOTS; i++) {
         if (i >= batch->n)
             break;
-        record(DIR_IN, batch->slot[i].ts, now, tid, batch->slot[i].info);
+        struct rx_slot *slot = &batch->slot[i];
+        record(slot->slot, DIR_IN, slot->ts, now, id >> 32, (u32)id, slot->info);
     }
     batch->n = 0;
 }
 
-/* A packet handed to the process: move it from pending to the thread's batch. Returns
- * -1 if it was not pending, else its next_seq. */
-static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key, u64 now)
+/* A packet handed to the thread: move it from pending to the thread's batch for the group's
+ * measurement. Returns -1 if it was not pending, else its next_seq. */
+static __always_inline s64 rx_take(struct rx_batch *batch, const struct corr_key *key,
+                                   const struct group *group, u64 now)
 {
     struct rx_pending_way *pending = rx_pending_find(key, now);
     if (!pending)
@@ -686,47 +766,50 @@ static __always_inline s64 rx_take(struct rx_batch *batch, struct corr_key *key,
     s64 next = pending->value.next_seq;
     u32 n = batch->n;
     if (n < RX_SLOTS) {
-        __builtin_memcpy(&batch->slot[n], &pending->value, sizeof(struct rx_val));
+        struct rx_slot *slot = &batch->slot[n];
+        slot->ts = pending->value.ts;
+        slot->slot = group->slot;
+        __builtin_memcpy(slot->info, pending->value.info, INFO_BYTES);
         batch->n = n + 1;
     } else {
-        count(C_IN_BATCH_OVERFLOW, 1);
+        probe_count(group->slot, C_IN_BATCH_OVERFLOW, 1);
     }
     pending->hash = 0;
-    count(C_IN_MATCHED, 1);
+    group_count(key->dev, key->layout, G_IN_TAKEN);
+    probe_count(group->slot, C_IN_MATCHED, 1);
     return next;
 }
 
-#if TCP_SEQ_AT >= 0
 /* TCP merges segments queued on a socket into one skb, which keeps the first one's header:
  * take every pending segment the skb carries, [seq, seq + skb->len), in sequence order by
  * each entry's next_seq; after a partial read, resume where the thread stopped. */
-static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, struct corr_key *key, u64 now)
+static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, struct corr_key *key,
+                                     const struct group *group, u32 g, u32 at, u64 now)
 {
     u32 len = 0;
-    if (bpf_probe_read_kernel(&len, sizeof(len), skb + OFF_SKB_LEN))
+    if (g >= TARGET_GROUPS || at > CORR_BYTES - 4 || bpf_probe_read_kernel(&len, sizeof(len), skb + OFF_SKB_LEN))
         return;
-    u32 seq = be32_at(key->b + TCP_SEQ_AT);
-    u32 at = seq;
+    u32 seq = be32_at(key->b + at);
+    u32 cursor = seq;
     for (u32 i = 0; i < TCP_CHAIN; i++) {
-        put_be32(key->b + TCP_SEQ_AT, at);
-        s64 next = rx_take(batch, key, now);
+        key->b[at] = cursor >> 24;
+        key->b[at + 1] = cursor >> 16;
+        key->b[at + 2] = cursor >> 8;
+        key->b[at + 3] = cursor;
+        s64 next = rx_take(batch, key, group, now);
         if (next < 0) {
-            if (i || !batch->resumable || batch->resume == seq || batch->resume - seq >= len)
+            if (i || !batch->resumable[g] || batch->resume[g] == seq || batch->resume[g] - seq >= len)
                 break;
-            at = batch->resume;
+            cursor = batch->resume[g];
             continue;
         }
-        batch->resume = (u32)next;
-        batch->resumable = next != 0;
+        batch->resume[g] = (u32)next;
+        batch->resumable[g] = next != 0;
         if (!next || (u32)next - seq >= len)
             break;
-        at = (u32)next;
+        cursor = (u32)next;
     }
 }
-#define TAKE_COPIED(batch, skb, key, now) tcp_take(batch, skb, key, now)
-#else
-#define TAKE_COPIED(batch, skb, key, now) rx_take(batch, key, now)
-#endif
 
 #if SOCK_RECV_HOOK
 #define RX_TAKING(batch) 1                  /* in any call: reported where the socket layer returns */
@@ -738,15 +821,31 @@ static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, stru
  * skb_copy_datagram_iovec in the receiving task, whichever call reads the socket. */
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
+    struct target *t = current_target();
+    if (!t || !t->n_in)
+        return 0;
     struct rx_batch *batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!batch || !RX_TAKING(batch))
         return 0;
-    struct pkt p = {};
-    struct corr_key key;
     const u8 *skb = (const u8 *)ctx->args[0];
-    if (in_key(skb, &p, &key, 0))
+    struct pkt *p = pkt_buffer(AT_COPY);
+    if (!p || parse_skb(skb, p, 0))
         return 0;
-    TAKE_COPIED(batch, skb, &key, bpf_ktime_get_ns());
+    u64 now = bpf_ktime_get_ns();
+    for (u32 g = 0; g < TARGET_GROUPS; g++) {
+        if (g >= t->n_in)
+            break;
+        struct group *group = &t->in_[g];
+        struct corr_key key;
+        const struct flow_layout *l = key_for(p, group->layout, group->dev, &key);
+        if (!l)
+            continue;
+        u32 at = l->tcp_seq_at;
+        if (at != NO_TCP_SEQ && p->proto == IPPROTO_TCP_)
+            tcp_take(batch, skb, &key, group, g, at, now);
+        else
+            rx_take(batch, &key, group, now);
+    }
     return 0;
 }
 
@@ -757,9 +856,16 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
  * (sk_data_ready); sock_recv_length confirms the call returned from that socket. A recvmmsg
  * call then notes the next datagram the same way for each further message it reads. */
 
-/* A thread waiting on an empty UDP socket, and the first datagram queued there since. */
-struct udp_waiter { u32 tid; u32 claimed; struct corr_key claim; };
+/* The threads waiting on an empty UDP socket (several, for a pre-forking server's workers), their
+ * ingress groups, and the datagram the next of them will get (claimed: bit g set when claim[g]
+ * holds group g's id of it). */
+struct udp_waiter {
+    u32 waiters; u32 claimed; u32 n_groups; u32 pad;
+    struct group groups[TARGET_GROUPS];
+    struct corr_key claim[TARGET_GROUPS];
+};
 BPF_TABLE("hash", u64, struct udp_waiter, udp_waiters, THREAD_ENTRIES);
+BPF_PERCPU_ARRAY(waiter_scratch, struct udp_waiter, 1);
 
 static __always_inline u64 read_ptr(u64 addr)
 {
@@ -785,11 +891,21 @@ static __always_inline u64 fd_to_sock(u64 fd)
     return socket ? read_ptr(socket + OFF_SOCKET_SK) : 0;
 }
 
-/* 1 if skb's packet id could be read into claim. */
-static __always_inline u32 udp_claim(struct corr_key *claim, u64 skb)
+/* The ids of datagram skb for each group (bit g of the result: claim[g] holds group g's). */
+static __always_inline u32 udp_claim(const struct group *groups, u32 n, struct corr_key *claim, u64 skb,
+                                     u32 which)
 {
-    struct pkt p = {};
-    return skb && in_key((const u8 *)skb, &p, claim, 0) == 0;
+    struct pkt *p = pkt_buffer(which);
+    if (!p || !skb || parse_skb((const u8 *)skb, p, 0))
+        return 0;
+    u32 claimed = 0;
+    for (u32 g = 0; g < TARGET_GROUPS; g++) {
+        if (g >= n)
+            break;
+        if (key_for(p, groups[g].layout, groups[g].dev, &claim[g]))
+            claimed |= 1 << g;
+    }
+    return claimed;
 }
 
 static __always_inline u64 queue_head(u64 sk, u32 qlen_offset, u32 next_offset)
@@ -808,24 +924,53 @@ static __always_inline u64 udp_head(u64 sk)
 }
 
 /* Note the datagram the call will return next from UDP socket sk. */
-static __always_inline void udp_expect(struct rx_batch *batch, u64 sk)
+static __always_inline void udp_expect(struct rx_batch *batch, u64 sk, u32 which)
 {
     u64 head = udp_head(sk);
     if (head) {  /* a datagram is waiting: no need to watch the socket */
-        batch->claimed = udp_claim(&batch->claim, head);
+        batch->claimed = udp_claim(batch->groups, batch->n_groups, batch->claim, head, which);
         return;
     }
     /* Watch for the first datagram, then look again: one may have been queued in between. */
-    struct udp_waiter waiter = {.tid = (u32)bpf_get_current_pid_tgid()};
-    udp_waiters.update(&sk, &waiter);
-    head = udp_head(sk);
-    if (head) {
-        batch->claimed = udp_claim(&batch->claim, head);
-        udp_waiters.delete(&sk);
+    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
+    if (!waiter) {
+        u32 zero = 0;
+        struct udp_waiter *fresh = waiter_scratch.lookup(&zero);
+        if (!fresh)
+            return;
+        fresh->waiters = 0;
+        fresh->claimed = 0;
+        fresh->n_groups = batch->n_groups;
+        __builtin_memcpy(fresh->groups, batch->groups, sizeof(fresh->groups));
+        udp_waiters.insert(&sk, fresh);
+        waiter = udp_waiters.lookup(&sk);
+        if (!waiter)
+            return;
     }
+    __sync_fetch_and_add(&waiter->waiters, 1);
+    batch->watching = 1;
+    head = udp_head(sk);
+    if (head && !waiter->claimed)
+        waiter->claimed = udp_claim(waiter->groups, waiter->n_groups, waiter->claim, head, which);
 }
 
-static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
+/* This thread no longer waits on its socket: the last waiter removes the watch (the map stays
+ * bounded by the sockets being waited on). */
+static __always_inline void udp_unwatch(struct rx_batch *batch)
+{
+    if (!batch->watching)
+        return;
+    batch->watching = 0;
+    u64 sk = batch->sk;
+    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
+    if (!waiter)
+        return;
+    __sync_fetch_and_add(&waiter->waiters, -1);
+    if ((s32)waiter->waiters <= 0)
+        udp_waiters.delete(&sk);
+}
+
+static __always_inline void udp_watch(struct rx_batch *batch, const struct target *t, u64 fd)
 {
     u64 sk = fd_to_sock((u32)fd);
     u16 protocol = 0;
@@ -833,7 +978,9 @@ static __always_inline void udp_watch(struct rx_batch *batch, u64 fd)
         || protocol != IPPROTO_UDP_)
         return;
     batch->sk = sk;
-    udp_expect(batch, sk);
+    batch->n_groups = t->n_in;
+    __builtin_memcpy(batch->groups, t->in_, sizeof(batch->groups));
+    udp_expect(batch, sk, AT_RECV_CALL);
 }
 
 /* Runs wherever the datagram is queued; the waiting thread picks the claim up itself. */
@@ -843,43 +990,54 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
     struct udp_waiter *waiter = udp_waiters.lookup(&sk);
     if (!waiter || waiter->claimed)
         return 0;
-    waiter->claimed = udp_claim(&waiter->claim, read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV));
+    waiter->claimed = udp_claim(waiter->groups, waiter->n_groups, waiter->claim,
+                                read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV), AT_DATA_READY);
     return 0;
 }
 
 /* The socket layer returned from sk (ret bytes, or an error) to the thread's UDP receive call:
- * if that is the socket the call noted a datagram on, the datagram was handed over. */
-static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret, int flags, u32 tid,
-                                         u64 now)
+ * if that is the socket the call noted a datagram on, the datagram was handed over. A thread that
+ * waited takes the socket's claim and notes, for the next waiter, the datagram queued next. */
+static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret, int flags_, u64 now)
 {
-    if (!batch->claimed && batch->sk) {
-        u64 watched = batch->sk;
-        struct udp_waiter *waiter = udp_waiters.lookup(&watched);
-        if (waiter && waiter->claimed && waiter->tid == tid) {
-            __builtin_memcpy(&batch->claim, &waiter->claim, sizeof(batch->claim));
-            batch->claimed = 1;
+    int handed = ret >= 0 && !(flags_ & MSG_PEEK_);
+    if (!batch->claimed && batch->watching && batch->sk == sk && handed) {
+        struct udp_waiter *waiter = udp_waiters.lookup(&sk);
+        if (waiter && waiter->claimed) {
+            __builtin_memcpy(batch->claim, waiter->claim, sizeof(batch->claim));
+            batch->claimed = waiter->claimed;
+            u64 next = udp_head(sk);
+            waiter->claimed = next ? udp_claim(waiter->groups, waiter->n_groups, waiter->claim, next,
+                                               AT_RECV_RETURN) : 0;
         }
-        udp_waiters.delete(&watched);
     }
+    udp_unwatch(batch);
     if (batch->sk != sk) {
         batch->claimed = 0;
         return;
     }
-    if (batch->claimed && ret >= 0 && !(flags & MSG_PEEK_))
-        rx_take(batch, &batch->claim, now);
+    if (batch->claimed && handed) {
+        for (u32 g = 0; g < TARGET_GROUPS; g++) {
+            if (g >= batch->n_groups)
+                break;
+            if (batch->claimed & (1 << g))
+                rx_take(batch, &batch->claim[g], &batch->groups[g], now);
+        }
+    }
     batch->claimed = 0;
     if (batch->multi)  /* recvmmsg reads the socket again within the same call */
-        udp_expect(batch, batch->sk);
+        udp_expect(batch, batch->sk, AT_RECV_RETURN);
 }
-
 #endif
 
 /* The receive system calls are hooked for UDP, and on kernels without sock_recv_length, where
  * packets are taken only inside these calls and reported at their exit. */
-#if UDP_CLAIM || !SOCK_RECV_HOOK
 /* The call starts (multi: a recvmmsg call); for UDP, note the datagram it will return. */
 static __always_inline int rx_call_begins(u64 fd, u32 multi)
 {
+    struct target *t = current_target();
+    if (!t || !t->n_in)
+        return 0;
     struct rx_batch *batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!batch)
         return 0;
@@ -887,8 +1045,9 @@ static __always_inline int rx_call_begins(u64 fd, u32 multi)
     batch->claimed = 0;
     batch->multi = multi;
     batch->sk = 0;
+    batch->watching = 0;
 #if UDP_CLAIM
-    udp_watch(batch, fd);
+    udp_watch(batch, t, fd);
 #endif
     return 0;
 }
@@ -902,11 +1061,10 @@ static __always_inline int rx_call_ends(void)
         return 0;
     batch->active = 0;
 #if UDP_CLAIM
-    if (batch->sk)
-        udp_waiters.delete(&batch->sk);
+    udp_unwatch(batch);
 #endif
     if (batch->n)
-        rx_flush(batch, (u32)bpf_get_current_pid_tgid(), bpf_ktime_get_ns());
+        rx_flush(batch, bpf_ktime_get_ns());
     return 0;
 }
 
@@ -916,7 +1074,6 @@ TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return rx_call_begins(args->fd,
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_call_ends(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_call_ends(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }
-#endif
 
 #if SOCK_RECV_HOOK
 /* Every receive call of every socket ends here, with the socket, the bytes returned (or an
@@ -924,21 +1081,15 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
     struct rx_batch *batch = rx_state(0);
-#if UDP_CLAIM
-    if (!batch || !(batch->active | batch->n))
+    if (!batch || !(batch->active | batch->n))  /* most returns carry nothing taken */
         return 0;
-#else
-    if (!batch || !batch->n)  /* most returns (a busy-polling reader's) carry nothing taken */
-        return 0;
-#endif
-    u32 tid = (u32)bpf_get_current_pid_tgid();
     u64 now = bpf_ktime_get_ns();
 #if UDP_CLAIM
     if (batch->active)
-        udp_returned(batch, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], tid, now);
+        udp_returned(batch, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], now);
 #endif
     if (batch->n)
-        rx_flush(batch, tid, now);
+        rx_flush(batch, now);
     return 0;
 }
 #endif

@@ -18,11 +18,10 @@ from collections.abc import Sequence
 from types import FrameType
 from typing import TextIO
 
-from mace.fields import CATALOGUE, Field, Kind
 from mace.grammar import FilterError, parse
+from mace.probe import Scope
 from mace_agent.config import EngineConfig, add_vxlan_ports_option
-from mace_agent.engine import Engine
-from mace_agent.events import Event
+from mace_agent.engine import Engine, NodeEngine, ProbeLimitError
 from mace_agent.kernel import KernelFeatureError
 from mace_agent.node.cli import register, serve
 from mace_agent.summary import DirectionSummary, Snapshot
@@ -40,7 +39,12 @@ def _parser() -> argparse.ArgumentParser:
         "measure every LatencyProbe resolved for this node (serve).")
     commands = parser.add_subparsers(dest="command", required=True)
     run = commands.add_parser("run", help="measure one Protocol Filter's packets on this node")
-    run.add_argument("--filter", required=True, help="the Protocol Filter text")
+    run.add_argument("--filter", help="the Protocol Filter text (required unless --print-program)")
+    run.add_argument("--scope", choices=[s.value for s in Scope], default=Scope.process.value,
+                     help="process: proc-id and its threads (default); cgroup: every process of "
+                          "proc-id's cgroup v2, threads and later children included")
+    run.add_argument("--print-program", action="store_true",
+                     help="print the exact C program handed to bcc on this kernel and exit")
     run.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     run.add_argument("--format", choices=("json", "text"), default="json")
     run.add_argument("--no-stream", action="store_true",
@@ -50,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="per-packet events per second at most (0: no limit)")
     run.add_argument("--map-entries", type=int, default=defaults.map_entries,
                      help="capacity of each pending-packet map")
+    run.add_argument("--max-probes", type=int, default=defaults.max_probes,
+                     help="probe slots of the engine's maps (--print-program)")
     run.add_argument("--ttl", type=float, default=defaults.ttl_s,
                      help="seconds after which an unmatched packet is expired")
     add_vxlan_ports_option(run)
@@ -65,12 +71,6 @@ class _Stop:
 
     def __call__(self, _signum: int, _frame: FrameType | None) -> None:
         self.requested = True
-
-
-def _show(field: str, value: int | str) -> str:
-    if isinstance(value, int) and CATALOGUE[Field(field)].kind is Kind.hex:
-        return hex(value)
-    return str(value)
 
 
 def _direction_text(name: str, s: DirectionSummary) -> str:
@@ -94,11 +94,6 @@ def _live_line(elapsed: float, snap: Snapshot, earlier: Snapshot) -> str:
 def _summary_text(reason: str, snap: Snapshot) -> str:
     return " | ".join([f"summary ({reason})", *(_direction_text(d, s) for d, s in snap.directions.items()),
                        _totals_text(snap)])
-
-
-def _event_text(event: Event) -> str:
-    info = " ".join(f"{k}={_show(k, v)}" for k, v in event.info.items())
-    return f"{event.direction:>3} {event.latency_ns / 1e3:9.1f}us {info}".rstrip()
 
 
 def _measure(engine: Engine, args: argparse.Namespace, out: TextIO, stop: _Stop) -> str:
@@ -131,7 +126,28 @@ def _measure(engine: Engine, args: argparse.Namespace, out: TextIO, stop: _Stop)
             next_line += 1.0
 
 
+def _print_program(args: argparse.Namespace) -> int:
+    config = EngineConfig(map_entries=args.map_entries, max_probes=args.max_probes, ttl_s=args.ttl,
+                          vxlan_ports=args.vxlan_ports)
+    mistakes = config.problems()
+    for mistake in mistakes:
+        print(f"mace-agent: {mistake}", file=sys.stderr)
+    if mistakes:
+        return EXIT_BAD_INPUT
+    try:
+        sys.stdout.write(NodeEngine(config).program_text())
+    except KernelFeatureError as error:
+        print(f"mace-agent: {error}", file=sys.stderr)
+        return EXIT_KERNEL
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
+    if args.print_program:
+        return _print_program(args)
+    if not args.filter:
+        print("mace-agent: run needs --filter (or --print-program)", file=sys.stderr)
+        return EXIT_BAD_INPUT
     try:
         flt = parse(args.filter)
     except FilterError as error:
@@ -150,10 +166,10 @@ def _run(args: argparse.Namespace) -> int:
     stop = _Stop()
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    engine = Engine(flt, config)
+    engine = Engine(flt, config, scope=Scope(args.scope))
     try:
         engine.start()
-    except TargetError as error:
+    except (TargetError, ProbeLimitError) as error:
         print(f"mace-agent: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except KernelFeatureError as error:

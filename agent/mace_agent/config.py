@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass
 
+from mace_agent import layout
+
 MAX_MAP_ENTRIES = 1 << 20
+DEFAULT_MAX_PROBES = 1024
 MAX_RINGBUF_PAGES = 4096
 MAX_VXLAN_PORTS = 8
 DEFAULT_VXLAN_PORTS = (4789, 8472)
@@ -14,12 +17,14 @@ DEFAULT_VXLAN_PORTS = (4789, 8472)
 
 @dataclass(frozen=True)
 class EngineConfig:
-    """How one engine sizes its state and reports.
+    """How the node's engine sizes its state, and how a probe reports by default.
 
-    map_entries: capacity of each pending-packet table (egress and ingress; 4-way set-associative).
-    rate_limit: at most this many per-packet events per second to the stream (0: no limit);
-        packets beyond it are still in the histograms and counted as ``rate_limited``.
-    stream: send per-packet events to user space; histograms are kept either way.
+    map_entries: capacity of each pending-packet table (egress and ingress; 4-way set-associative),
+        shared by every probe.
+    max_probes: probe slots (each holds a probe's settings, counters and histograms).
+    rate_limit: a probe's default: at most this many per-packet events per second to the stream
+        (0: no limit); packets beyond it are still in the histograms and counted as ``rate_limited``.
+    stream: a probe's default: send per-packet events to user space; histograms are kept either way.
     ttl_s: a pending packet not matched within this many seconds is expired and counted.
     thread_entries: capacity of the map of threads waiting on an empty UDP socket (other per-call
         state is task-local storage, one entry per thread of the process).
@@ -31,6 +36,7 @@ class EngineConfig:
     """
 
     map_entries: int = 4096
+    max_probes: int = DEFAULT_MAX_PROBES
     rate_limit: int = 10_000
     stream: bool = True
     ttl_s: float = 2.0
@@ -44,6 +50,8 @@ class EngineConfig:
         problems = []
         if not 1 <= self.map_entries <= MAX_MAP_ENTRIES:
             problems.append(f"map entries must be between 1 and {MAX_MAP_ENTRIES}")
+        if not 1 <= self.max_probes <= layout.MAX_PROBES:
+            problems.append(f"max probes must be between 1 and {layout.MAX_PROBES}")
         if self.rate_limit < 0:
             problems.append("rate limit must be 0 (none) or positive")
         if not self.ttl_s > 0:

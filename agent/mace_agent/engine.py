@@ -1,84 +1,182 @@
-"""The measurement engine: one eBPF program per Protocol Filter, and what it measured.
+"""The node's measurement engine: one eBPF program set for every probe, probes as map entries.
 
 Typical use::
 
-    with Engine(parse(text), EngineConfig(stream=True)) as engine:
-        while engine.stop_reason() is None:
-            for event in engine.poll(0.2):
+    with NodeEngine(EngineConfig()) as engine:
+        probe = engine.add(ProbeSpec(parse(text)))
+        while engine.stop_reason(probe) is None:
+            engine.poll(0.2)
+            for event in probe.take_events():
                 ...
-        print(engine.snapshot().to_dict())
+        print(engine.snapshot(probe).to_dict())
 
-Per packet, Python only reads and decodes the ring buffer; histograms, counts, sums and
-maxima are kept in the kernel. Pending packets that never match are counted as expired here,
-once a second, by reading the two pending tables (bounded by ``map_entries``; see pending.py).
+``start`` compiles and attaches once; :meth:`NodeEngine.add` and :meth:`NodeEngine.remove` only
+write map entries (a probe's slot, its flow layouts, its outer device and its targets), so the
+other probes' packets in flight are never disturbed. Per packet, Python only reads and decodes
+the ring buffer; histograms, counts, sums and maxima are kept in the kernel per probe. Pending
+packets that never match are counted as expired once a second by reading the two pending tables
+(bounded by ``map_entries``; see pending.py). :class:`Engine` is one probe on its own engine
+(``mace-agent run``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import threading
 import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
 from types import TracebackType
 from typing import Any
 
 from mace.models import ProtocolFilter
-from mace_agent import codegen, histogram, kernel
+from mace.probe import Scope
+from mace_agent import histogram, kernel, layout, program
 from mace_agent.btf import BTF, BTFError
+from mace_agent.cgroups import CgroupError, cgroup_id
 from mace_agent.config import EngineConfig
-from mace_agent.events import Event, EventDecoder
+from mace_agent.events import Event
+from mace_agent.flows import FlowLayout
+from mace_agent.hooks import KernelHooks
 from mace_agent.kernel import KernelFeatureError
-from mace_agent.pending import PendingTable
+from mace_agent.offsets import KernelOffsets
+from mace_agent.pending import PendingTables
 from mace_agent.summary import DirectionSummary, Snapshot
-from mace_agent.target import Target
+from mace_agent.target import Target, TargetError
 
-__all__ = ["Engine", "EngineConfig", "Event", "Snapshot"]
+__all__ = ["Engine", "EngineConfig", "Event", "NodeEngine", "Probe", "ProbeLimitError", "ProbeSpec",
+           "Snapshot"]
 
 SWEEP_INTERVAL_S = 1.0
-_PENDING_MAPS = (("out", b"tx_pending"), ("in", b"rx_pending"))
+QUARANTINE_FACTOR = 2
+"""A freed probe slot is reused only this many TTLs later, once nothing pending can name it."""
 
 
-class Engine:
-    """Measures one filter's packets; a context manager that attaches on entry, detaches on exit."""
+class ProbeLimitError(Exception):
+    """The node's engine has no room for the probe (slots, devices, layouts or groups full)."""
 
-    def __init__(self, flt: ProtocolFilter, config: EngineConfig | None = None,
-                 hooks: codegen.KernelHooks | None = None) -> None:
+
+@dataclass(frozen=True)
+class ProbeSpec:
+    """One probe as the engine sees it.
+
+    scope ``process``: the filter's proc-id and its threads; ``cgroup``: every process (threads
+    and later children included) of the cgroups of ``pids`` (default: proc-id's cgroup).
+    """
+
+    filter: ProtocolFilter
+    scope: Scope = Scope.process
+    pids: tuple[int, ...] = ()
+    rate_limit: int = EngineConfig.rate_limit
+    stream: bool = True
+
+
+@dataclass
+class Probe:
+    """A probe in the engine: its slot, layouts, targets and what user space keeps of it."""
+
+    spec: ProbeSpec
+    slot: int
+    out: FlowLayout
+    inbound: FlowLayout
+    layout_ids: tuple[int, int]
+    dev_slot: int
+    target_keys: tuple[int, ...]
+    watch: Target
+    exact_values: int
+    baseline: dict[str, int] = field(default_factory=dict)
+    values: dict[str, list[int]] = field(default_factory=lambda: {d: [] for d in program.DIRECTIONS})
+    events: list[Event] = field(default_factory=list)
+    max_events: int = 100_000
+    events_lost: int = 0
+
+    @property
+    def scope_fallback(self) -> bool:
+        """Whether cgroup scope fell back to the processes' TGIDs (no usable cgroup v2 id)."""
+        return self.spec.scope is Scope.cgroup and all(k & layout.TGID_KEY for k in self.target_keys)
+
+    def take_events(self) -> list[Event]:
+        """Events decoded since the last call (bounded by ``max_events``; the rest are counted lost)."""
+        events, self.events = self.events, []
+        return events
+
+
+class _Refcounts:
+    """Ids handed out for equal values, freed when the last user lets go."""
+
+    def __init__(self, limit: int, what: str) -> None:
+        self.limit, self.what = limit, what
+        self.ids: dict[Any, int] = {}
+        self.users: Counter[Any] = Counter()
+
+    def take(self, value: Any) -> tuple[int, bool]:
+        """(id, new) for value."""
+        if value in self.ids:
+            self.users[value] += 1
+            return self.ids[value], False
+        free = next((i for i in range(self.limit) if i not in set(self.ids.values())), None)
+        if free is None:
+            raise ProbeLimitError(f"this node's engine has no room for another {self.what} "
+                                  f"(at most {self.limit} at once)")
+        self.ids[value] = free
+        self.users[value] = 1
+        return free, True
+
+    def release(self, value: Any) -> bool:
+        """True when value lost its last user (its id is free again)."""
+        self.users[value] -= 1
+        if self.users[value] > 0:
+            return False
+        del self.users[value], self.ids[value]
+        return True
+
+
+class NodeEngine:
+    """The node's program set; a context manager that attaches on entry and detaches on exit."""
+
+    def __init__(self, config: EngineConfig | None = None, hooks: KernelHooks | None = None) -> None:
         """``hooks``: the optional tracepoints to use (default: those the running kernel has)."""
-        self.filter = flt
         self.config = config or EngineConfig()
-        self._hooks = hooks
         problems = self.config.problems()
         if problems:
             raise ValueError("; ".join(problems))
+        self.hooks = hooks
         self.attach_seconds = 0.0
+        self.decode_errors = 0
         self._bpf: Any = None
-        self._target: Target | None = None
-        self._decoder = EventDecoder(flt)
-        self._events: list[Event] = []
-        self._values: dict[str, list[int]] = {d: [] for d in codegen.DIRECTIONS}
-        self._pending_tables: dict[str, PendingTable] = {}
-        self._decode_errors = 0
+        self._lock = threading.RLock()
+        self._probes: dict[int, Probe] = {}
+        self._free_at: dict[int, float] = {}
+        self._layouts = _Refcounts(layout.MAX_LAYOUTS, "flow layout")
+        self._devices = _Refcounts(layout.MAX_DEVICES, "outer device")
+        self._pending: PendingTables | None = None
         self._next_sweep = 0.0
-        self._callback: Any = None
+        self._netns = 0
+
+    # -- life cycle -----------------------------------------------------------------------------
+
+    def program_text(self) -> str:
+        """The exact C text handed to bcc on this kernel (needs BTF; attaches nothing)."""
+        kernel.ensure_tracing_mounts()
+        hooks = self.hooks or KernelHooks.detect(kernel.tracepoint_exists)
+        try:
+            offsets = KernelOffsets.from_btf(BTF.load())
+        except BTFError as error:
+            raise KernelFeatureError(f"kernel BTF: {error}") from None
+        return program.program(offsets, self.config, hooks)
 
     def start(self) -> None:
-        """Check the kernel and target, compile the program for this filter and attach it.
+        """Check the kernel, compile the program and attach it (once).
 
-        Raises KernelFeatureError (kernel lacks something), TargetError (no such process or
-        device); the engine is then left detached.
+        Raises KernelFeatureError (the kernel lacks something); the engine is then left detached.
         """
         if self._bpf is not None:
             return
         began = time.monotonic()
         kernel.prepare()
-        hooks = self._hooks or codegen.KernelHooks.detect(kernel.tracepoint_exists)
-        kernel.require_tracepoints(codegen.tracepoints(self.filter, hooks))
-        self._target = Target(self.filter.proc_id, self.filter.dev_id)
-        try:
-            offsets = codegen.KernelOffsets.from_btf(BTF.load())
-        except BTFError as error:
-            self.close()
-            raise KernelFeatureError(f"kernel BTF: {error}") from None
-        namespaces = codegen.Namespaces(agent=kernel.netns_inode(), process=self._target.netns_inode)
-        text = codegen.program(self.filter, offsets, namespaces, self.config, hooks)
+        self.hooks = self.hooks or KernelHooks.detect(kernel.tracepoint_exists)
+        kernel.require_tracepoints(self.hooks.tracepoints())
+        text = self.program_text()
         try:
             from bcc import BPF  # imported late: it is slow and only needed here
 
@@ -86,11 +184,337 @@ class Engine:
         except Exception as error:  # bcc raises bare Exception for compile and load errors
             self.close()
             raise KernelFeatureError(f"cannot load the eBPF program: {error}") from None
-        self.set_stream(self.config.stream)
-        self.set_rate_limit(self.config.rate_limit)
-        self._callback = self._bpf[b"events"].open_ring_buffer(self._on_event)
-        self._pending_tables = {direction: PendingTable(self._bpf[name]) for direction, name in _PENDING_MAPS}
+        self._check_sizes()
+        self._netns = kernel.netns_inode()
+        self._bpf[b"events"].open_ring_buffer(self._on_event)
+        self._pending = PendingTables(self._bpf[b"tx_pending"], self._bpf[b"rx_pending"])
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+        self.attach_seconds = time.monotonic() - began
+
+    def _check_sizes(self) -> None:
+        expected = {b"targets": layout.TargetC, b"devices": layout.DeviceC, b"layouts": layout.FlowLayoutC,
+                    b"probes": layout.ProbeC, b"probe_stats": layout.ProbeStatsC,
+                    b"group_stats": layout.GroupStatsC, b"rate": layout.RateWindowC}
+        for name, cls in expected.items():
+            size = ctypes.sizeof(self._bpf[name].Leaf)
+            if size != ctypes.sizeof(cls):
+                raise KernelFeatureError(f"map {name.decode()} holds {size}-byte values, layout.py "
+                                         f"says {ctypes.sizeof(cls)}")
+
+    def __enter__(self) -> NodeEngine:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def started(self) -> bool:
+        return self._bpf is not None
+
+    def _require(self) -> Any:
+        if self._bpf is None:
+            raise RuntimeError("engine is not started")
+        return self._bpf
+
+    def close(self) -> None:
+        """Detach every program and free the maps (idempotent)."""
+        with self._lock:
+            for probe in self._probes.values():
+                probe.watch.close()
+            self._probes.clear()
+            if self._bpf is not None:
+                self._bpf.cleanup()
+                self._bpf = None
+
+    # -- probes ---------------------------------------------------------------------------------
+
+    def probes(self) -> list[Probe]:
+        with self._lock:
+            return list(self._probes.values())
+
+    def _slot(self) -> int:
+        now = time.monotonic()
+        for slot in range(self.config.max_probes):
+            if slot not in self._probes and self._free_at.get(slot, 0.0) <= now:
+                self._free_at.pop(slot, None)
+                return slot
+        raise ProbeLimitError(f"this node's engine measures its limit of {self.config.max_probes} probes")
+
+    def _targets(self, spec: ProbeSpec) -> tuple[int, ...]:
+        pids = spec.pids or (spec.filter.proc_id,)
+        if spec.scope is Scope.process:
+            return (layout.TGID_KEY | spec.filter.proc_id,)
+        keys: list[int] = []
+        for pid in pids:
+            try:
+                keys.append(cgroup_id(pid))
+            except CgroupError:
+                keys.append(layout.TGID_KEY | pid)
+        return tuple(dict.fromkeys(keys))
+
+    def add(self, spec: ProbeSpec) -> Probe:
+        """Measure a probe from now on (map writes only).
+
+        Raises TargetError (no such process or device), ProbeLimitError (no room), KernelFeatureError
+        (UDP ingress on a kernel that cannot measure it).
+        """
+        bpf = self._require()
+        flt = spec.filter
+        out, inbound = FlowLayout.of(flt.outbound), FlowLayout.of(flt.inbound)
+        assert self.hooks is not None
+        if inbound.transport == 17 and not self.hooks.udp:
+            raise KernelFeatureError("this kernel lacks the sock:sock_recv_length tracepoint, "
+                                     "which measuring UDP's ingress needs")
+        watch = Target(flt.proc_id, flt.dev_id)
+        with self._lock:
+            taken: list[tuple[_Refcounts, Any]] = []
+            try:
+                slot = self._slot()
+                keys = self._targets(spec)
+                watch_ns = watch.netns_inode
+                dev_slot, _ = self._devices.take(flt.dev_id)
+                taken.append((self._devices, flt.dev_id))
+                ids = []
+                for flow in (out, inbound):
+                    layout_id, new = self._layouts.take(flow.spec)
+                    taken.append((self._layouts, flow.spec))
+                    if new:
+                        bpf[b"layouts"][ctypes.c_uint32(layout_id)] = flow.to_c()
+                    ids.append(layout_id)
+                probe = Probe(spec, slot, out, inbound, (ids[0], ids[1]), dev_slot, keys, watch,
+                              self.config.exact_values)
+                self._reset_slot(probe)
+                self._probes[slot] = probe
+                try:
+                    self._write_device(flt.dev_id)
+                    for key in keys:
+                        self._write_target(key, watch_ns)
+                except ProbeLimitError:
+                    del self._probes[slot]
+                    self._write_device(flt.dev_id)
+                    for key in keys:
+                        self._write_target(key, watch_ns)
+                    raise
+                probe.baseline = self._group_counts(probe)
+                self._write_flags()
+            except BaseException:
+                for refs, value in reversed(taken):
+                    refs.release(value)
+                watch.close()
+                raise
+            return probe
+
+    def remove(self, probe: Probe) -> None:
+        """Stop measuring a probe (map writes only; its slot is reused after the quarantine)."""
+        with self._lock:
+            if self._probes.get(probe.slot) is not probe:
+                return
+            del self._probes[probe.slot]
+            self._free_at[probe.slot] = time.monotonic() + QUARANTINE_FACTOR * self.config.ttl_s
+            if self._bpf is not None:
+                for key in probe.target_keys:
+                    self._write_target(key, probe.watch.netns_inode)
+                self._write_device(probe.spec.filter.dev_id)
+                for flow in (probe.out, probe.inbound):
+                    self._layouts.release(flow.spec)
+                self._devices.release(probe.spec.filter.dev_id)
+                self._write_flags()
+            probe.watch.close()
+
+    def set_rate(self, probe: Probe, events_per_second: int) -> None:
+        """Change a probe's stream budget (0: none)."""
+        if events_per_second < 0:
+            raise ValueError("rate limit must be 0 or positive")
+        with self._lock:
+            probe.spec = replace(probe.spec, rate_limit=events_per_second)
+            self._write_settings(probe)
+
+    def set_stream(self, probe: Probe, enabled: bool) -> None:
+        """Turn a probe's per-packet event stream on or off (histograms stay on)."""
+        with self._lock:
+            probe.spec = replace(probe.spec, stream=enabled)
+            self._write_settings(probe)
+
+    @property
+    def bpf(self) -> Any:
+        """The loaded bcc object (the benchmarks detach and re-attach its programs)."""
+        return self._require()
+
+    def _write_settings(self, probe: Probe) -> None:
+        value = layout.ProbeC(rate_limit=probe.spec.rate_limit, stream=int(probe.spec.stream))
+        self._require()[b"probes"][ctypes.c_uint32(probe.slot)] = value
+
+    def _reset_slot(self, probe: Probe) -> None:
+        bpf = self._require()
+        index = ctypes.c_uint32(probe.slot)
+        bpf[b"probe_stats"][index] = layout.ProbeStatsC()
+        bpf[b"hist"][index] = bpf[b"hist"].Leaf()
+        bpf[b"rate"][index] = layout.RateWindowC()
+        self._write_settings(probe)
+
+    def _write_device(self, ifindex: int) -> None:
+        """Write (or delete) a device's entry from the probes that use it."""
+        table = self._require()[b"devices"]
+        users = [p for p in self._probes.values() if p.spec.filter.dev_id == ifindex]
+        key = ctypes.c_uint32(ifindex)
+        if not users:
+            table.pop(key, None)
+            return
+        outs = list(dict.fromkeys(p.layout_ids[0] for p in users))
+        ins = list(dict.fromkeys(p.layout_ids[1] for p in users))
+        if len(outs) > layout.DEV_LAYOUTS or len(ins) > layout.DEV_LAYOUTS:
+            raise ProbeLimitError(f"device {ifindex} already carries {layout.DEV_LAYOUTS} different "
+                                  "flow specs in one direction")
+        value = layout.DeviceC(netns=self._netns, slot=users[0].dev_slot, n_out=len(outs), n_in=len(ins))
+        for i, lid in enumerate(outs):
+            value.out_layouts[i] = lid
+        for i, lid in enumerate(ins):
+            value.in_layouts[i] = lid
+        table[key] = value
+
+    def _write_target(self, key: int, netns: int) -> None:
+        """Write (or delete) a target's entry from the probes that measure it."""
+        table = self._require()[b"targets"]
+        users = sorted((p for p in self._probes.values() if key in p.target_keys), key=lambda p: p.slot)
+        ckey = ctypes.c_uint64(key)
+        if not users:
+            table.pop(ckey, None)
+            return
+        value = layout.TargetC(netns=netns)
+        for direction, groups_name, count_name in ((0, "out", "n_out"), (1, "in_", "n_in")):
+            groups: dict[tuple[int, int], int] = {}
+            for p in users:
+                group = (p.layout_ids[direction], p.dev_slot)
+                if group in groups:
+                    raise ProbeLimitError("another probe measures this pod with the same "
+                                          f"{program.DIRECTIONS[direction]} flow spec; one packet id "
+                                          "can belong to one probe of a pod only")
+                groups[group] = p.slot
+            if len(groups) > layout.TARGET_GROUPS:
+                raise ProbeLimitError(f"this pod already has the most probes one pod takes "
+                                      f"({layout.TARGET_GROUPS})")
+            array = getattr(value, groups_name)
+            for i, ((lid, dev), slot) in enumerate(groups.items()):
+                array[i].layout, array[i].dev, array[i].slot = lid, dev, slot
+            setattr(value, count_name, len(groups))
+        table[ckey] = value
+
+    def _write_flags(self) -> None:
+        processes = any(k & layout.TGID_KEY for p in self._probes.values() for k in p.target_keys)
+        self._require()[b"flags"][ctypes.c_uint32(0)] = ctypes.c_uint64(int(processes))
+
+    # -- events ---------------------------------------------------------------------------------
+
+    def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
+        if size < ctypes.sizeof(layout.EventC):
+            self.decode_errors += 1
+            return
+        raw = layout.EventC.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(layout.EventC)))
+        probe = self._probes.get(raw.probe)
+        if probe is None or raw.direction >= len(program.DIRECTIONS):
+            self.decode_errors += probe is not None
+            return
+        direction = program.DIRECTIONS[raw.direction]
+        flow = probe.out if raw.direction == 0 else probe.inbound
+        if len(probe.events) < probe.max_events:
+            probe.events.append(Event(direction, raw.latency, raw.ts_end, raw.pid, raw.tid,
+                                      flow.decode_info(bytes(raw.info))))
+        else:
+            probe.events_lost += 1
+        values = probe.values[direction]
+        if len(values) < probe.exact_values:
+            values.append(raw.latency)
+
+    def poll(self, timeout_s: float) -> None:
+        """Read the events that arrive within ``timeout_s`` into their probes (see take_events)."""
+        bpf = self._require()
+        bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
+        bpf.ring_buffer_consume()  # the kernel wakes the reader only every WAKE_EVERY events
+        if time.monotonic() >= self._next_sweep:
+            self.sweep()
+
+    # -- what was measured ----------------------------------------------------------------------
+
+    def sweep(self) -> None:
+        """Count the pending packets older than the TTL as expired, and those still pending."""
+        with self._lock:
+            if self._pending is not None:
+                self._pending.sweep(time.monotonic_ns(), int(self.config.ttl_s * 1e9))
+            self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+
+    def _group_counts(self, probe: Probe) -> dict[str, int]:
+        """The counters of the probe's (device, ingress layout) pair, shared with its other users."""
+        raw = self._require()[b"group_stats"][ctypes.c_uint32(probe.dev_slot * layout.MAX_LAYOUTS
+                                                              + probe.layout_ids[1])]
+        counts = layout.counters_of(raw, layout.GROUP_COUNTERS)
+        assert self._pending is not None
+        counts["in_expired"] = self._pending.rx_expired[(probe.layout_ids[1], probe.dev_slot)]
+        return counts
+
+    def snapshot(self, probe: Probe) -> Snapshot:
+        """A probe's summaries, histograms and counters now (runs a sweep first)."""
+        bpf = self._require()
+        self.sweep()
+        with self._lock:
+            index = ctypes.c_uint32(probe.slot)
+            counters = layout.counters_of(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS)
+            raw_hist = bpf[b"hist"][index]
+            buckets = [int(v) for v in raw_hist.b]
+            group = self._group_counts(probe)
+            assert self._pending is not None
+            pending = self._pending
+            for name in ("in_inserted", "in_duplicate", "in_taken", "in_expired"):
+                counters[name] = group[name] - probe.baseline.get(name, 0)
+            counters["out_expired"] = pending.tx_expired[probe.slot]
+            counters["out_pending"] = pending.tx_live[probe.slot]
+            counters["in_pending"] = pending.rx_live[(probe.layout_ids[1], probe.dev_slot)]
+        counters["out_evicted"] = max(0, counters["out_inserted"] - counters["out_matched"]
+                                      - counters["out_expired"] - counters["out_pending"])
+        counters["in_evicted"] = max(0, counters["in_inserted"] - counters["in_taken"]
+                                     - counters["in_expired"] - counters["in_pending"])
+        counters["decode_errors"] = self.decode_errors
+        counters["events_lost"] = probe.events_lost
+        hists = {d: tuple(buckets[i * histogram.BUCKETS:(i + 1) * histogram.BUCKETS])
+                 for i, d in enumerate(program.DIRECTIONS)}
+        summaries = {
+            d: DirectionSummary.build(counters[f"{d}_count"], counters[f"{d}_sum"], counters[f"{d}_max"],
+                                      hists[d], probe.values[d])
+            for d in program.DIRECTIONS
+        }
+        return Snapshot(summaries, hists, counters)
+
+    def stop_reason(self, probe: Probe) -> str | None:
+        """``process_exited`` or ``device_removed`` once the probe's target is gone, else None."""
+        return probe.watch.gone()
+
+
+class Engine:
+    """One probe on an engine of its own (``mace-agent run``): start, poll, snapshot, close."""
+
+    def __init__(self, flt: ProtocolFilter, config: EngineConfig | None = None,
+                 hooks: KernelHooks | None = None, scope: Scope = Scope.process) -> None:
+        self.filter = flt
+        self.config = config or EngineConfig()
+        self.node = NodeEngine(self.config, hooks)
+        self._spec = ProbeSpec(flt, scope, rate_limit=self.config.rate_limit, stream=self.config.stream)
+        self.probe: Probe | None = None
+        self.attach_seconds = 0.0
+
+    def start(self) -> None:
+        """Compile, attach and add the probe (TargetError, KernelFeatureError: left detached)."""
+        began = time.monotonic()
+        self.node.start()
+        try:
+            self.probe = self.node.add(self._spec)
+        except (TargetError, ProbeLimitError, KernelFeatureError):
+            self.close()
+            raise
         self.attach_seconds = time.monotonic() - began
 
     def __enter__(self) -> Engine:
@@ -105,97 +529,26 @@ class Engine:
                  trace: TracebackType | None) -> None:
         self.close()
 
-    def _require(self) -> Any:
-        if self._bpf is None:
+    def _probe(self) -> Probe:
+        if self.probe is None:
             raise RuntimeError("engine is not started")
-        return self._bpf
-
-    def _set_control(self, index: int, value: int) -> None:
-        table = self._require()[b"control"]
-        table[ctypes.c_int(index)] = ctypes.c_uint64(value)
-
-    def set_stream(self, enabled: bool) -> None:
-        """Turn the per-packet event stream on or off (histograms stay on)."""
-        self._set_control(codegen.CONTROL_STREAM, int(enabled))
-
-    def set_rate_limit(self, events_per_second: int) -> None:
-        """Change the stream's rate limit (0: none)."""
-        if events_per_second < 0:
-            raise ValueError("rate limit must be 0 or positive")
-        self._set_control(codegen.CONTROL_RATE, events_per_second)
-
-    def _on_event(self, _ctx: Any, data: Any, size: int) -> None:
-        try:
-            event = self._decoder.decode(ctypes.string_at(data, size))
-        except ValueError:
-            self._decode_errors += 1
-            return
-        self._events.append(event)
-        values = self._values[event.direction]
-        if len(values) < self.config.exact_values:
-            values.append(event.latency_ns)
+        return self.probe
 
     def poll(self, timeout_s: float) -> list[Event]:
         """Events that arrived within ``timeout_s`` seconds (empty when the stream is off)."""
-        bpf = self._require()
-        bpf.ring_buffer_poll(max(0, int(timeout_s * 1000)))
-        bpf.ring_buffer_consume()  # the kernel wakes the reader only every WAKE_EVERY events
-        if time.monotonic() >= self._next_sweep:
-            self.sweep()
-        events, self._events = self._events, []
-        return events
-
-    def sweep(self) -> None:
-        """Count the pending packets older than the TTL as expired, and those still pending."""
-        self._require()
-        now = time.monotonic_ns()
-        ttl_ns = int(self.config.ttl_s * 1e9)
-        for table in self._pending_tables.values():
-            table.sweep(now, ttl_ns)
-        self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
-
-    def _counters(self) -> dict[str, int]:
-        table = self._require()[b"counters"]
-        counters = {}
-        for i, name in enumerate(codegen.COUNTERS):
-            per_cpu = [int(v) for v in table.getvalue(ctypes.c_int(i))]
-            counters[name] = max(per_cpu) if name.endswith("_max") else sum(per_cpu)
-        return counters
-
-    def _histograms(self) -> dict[str, tuple[int, ...]]:
-        table = self._require()[b"hist"]
-        counts = [sum(int(v) for v in table.getvalue(ctypes.c_int(i)))
-                  for i in range(len(codegen.DIRECTIONS) * histogram.BUCKETS)]
-        return {d: tuple(counts[i * histogram.BUCKETS:(i + 1) * histogram.BUCKETS])
-                for i, d in enumerate(codegen.DIRECTIONS)}
+        self.node.poll(timeout_s)
+        return self._probe().take_events()
 
     def snapshot(self) -> Snapshot:
-        """Summaries, histograms and counters now (runs a sweep first)."""
-        self.sweep()
-        counters = self._counters()
-        hists = self._histograms()
-        for d, table in self._pending_tables.items():
-            counters[f"{d}_expired"] = table.expired
-            counters[f"{d}_pending"] = table.pending
-            counters[f"{d}_evicted"] = max(0, counters[f"{d}_inserted"] - counters[f"{d}_matched"]
-                                           - table.expired - table.pending)
-        counters["decode_errors"] = self._decode_errors
-        summaries = {
-            d: DirectionSummary.build(counters[f"{d}_count"], counters[f"{d}_sum"], counters[f"{d}_max"],
-                                      hists[d], self._values[d])
-            for d in codegen.DIRECTIONS
-        }
-        return Snapshot(summaries, hists, counters)
+        return self.node.snapshot(self._probe())
+
+    def set_stream(self, enabled: bool) -> None:
+        self.node.set_stream(self._probe(), enabled)
 
     def stop_reason(self) -> str | None:
-        """``process_exited`` or ``device_removed`` once the target is gone, else None."""
-        return self._target.gone() if self._target is not None else None
+        return self.node.stop_reason(self.probe) if self.probe is not None else None
 
     def close(self) -> None:
-        """Detach every program and free the maps (idempotent)."""
-        if self._bpf is not None:
-            self._bpf.cleanup()
-            self._bpf = None
-        if self._target is not None:
-            self._target.close()
-            self._target = None
+        self.probe = None
+        self.node.close()
+

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from mace_agent import histogram
-from mace_agent.codegen import DIRECTIONS
+from mace_agent.program import DIRECTIONS
 
 PERCENTILES = (50, 90, 99)
 
@@ -46,9 +46,10 @@ class DirectionSummary:
 class Snapshot:
     """State of an engine at one moment.
 
-    counters: the kernel's counters (see codegen.COUNTERS) plus ``out_expired``/``in_expired``
-    (pending packets never matched within the TTL), ``out_pending``/``in_pending`` (waiting
-    now) and ``out_evicted``/``in_evicted`` (pushed out of the pending table by newer packets).
+    counters: the kernel's counters (see layout.PROBE_COUNTERS and GROUP_COUNTERS) plus
+    ``out_expired``/``in_expired`` (pending packets never matched within the TTL),
+    ``out_pending``/``in_pending`` (waiting now) and ``out_evicted``/``in_evicted`` (pushed out of
+    the pending table by newer packets).
     """
 
     directions: Mapping[str, DirectionSummary]

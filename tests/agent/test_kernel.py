@@ -114,7 +114,7 @@ LOOPBACK_CHILD = textwrap.dedent("""
 TCP_READERS_CHILD = textwrap.dedent("""
     import json, os, socket, struct, sys
     from mace.grammar import parse
-    from mace_agent.codegen import KernelHooks
+    from mace_agent.hooks import KernelHooks
     from mace_agent.config import EngineConfig
     from mace_agent.engine import Engine
     os.system("ip link set lo up")

@@ -118,7 +118,8 @@ def test_agent_daemonset_matches_the_operator_contract(tools: Tools) -> None:
     assert c["args"][:2] == ["mace-agent", "serve"]
     assert "--operator-username=system:serviceaccount:mace-system:mace-operator" in c["args"]
     assert "--listen=[$(POD_IP)]:9464" in c["args"]
-    assert "--max-probes=50" in c["args"] and "--vxlan-ports=4789,8472" in c["args"]
+    assert "--max-probes=1024" in c["args"] and "--map-entries=4096" in c["args"]
+    assert "--vxlan-ports=4789,8472" in c["args"]
     assert {e["name"] for e in c["env"]} == {"NODE_NAME", "POD_IP"}
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
@@ -217,7 +218,8 @@ def test_privileged_agent_and_no_crd(tools: Tools) -> None:
     ("agent.listen=everywhere", "/agent/listen"),
     ("agent.capabilities={BPF,NET_GOD}", "/agent/capabilities/1"),
     ("agent.maxProbes=0", "/agent/maxProbes"),
-    ("agent.maxProbes=65", "/agent/maxProbes"),
+    ("agent.maxProbes=4097", "/agent/maxProbes"),
+    ("agent.pendingEntries=0", "/agent/pendingEntries"),
     ("agent.vxlanPorts={4789,70000}", "/agent/vxlanPorts/1"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("operator.replicas=3", "replicas"),

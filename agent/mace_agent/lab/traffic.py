@@ -78,8 +78,26 @@ def _stop_on_sigterm() -> None:
 
 # -- UDP ------------------------------------------------------------------------------------------
 
-def udp_server(bind: str, port: int, sink_port: int | None) -> None:
-    """Echo every datagram on ``port`` back to its sender; discard what arrives on ``sink_port``."""
+def prefork(workers: int, port: int) -> bool:
+    """Fork ``workers`` children that serve the sockets bound so far (as pre-forking servers do);
+    the parent reports them and waits. True in a child (which serves), never returns in the parent."""
+    if workers <= 0:
+        return True
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            return True
+        children.append(pid)
+    emit({"ready": True, "port": port, "workers": children})
+    for pid in children:
+        os.waitpid(pid, 0)
+    os._exit(0)
+
+
+def udp_server(bind: str, port: int, sink_port: int | None, workers: int = 0) -> None:
+    """Echo every datagram on ``port`` back to its sender; discard what arrives on ``sink_port``.
+    With ``workers``, that many forked children serve the socket and the parent only waits."""
     fam = family_of(bind)
     echo = socket.socket(fam, socket.SOCK_DGRAM)
     echo.bind((bind, port))
@@ -88,10 +106,13 @@ def udp_server(bind: str, port: int, sink_port: int | None) -> None:
         sink = socket.socket(fam, socket.SOCK_DGRAM)
         sink.bind((bind, sink_port))
         sockets.append(sink)
+    if workers:
+        prefork(workers, echo.getsockname()[1])
     sel = selectors.DefaultSelector()
     for s in sockets:
         sel.register(s, selectors.EVENT_READ, s)
-    emit({"ready": True, "port": echo.getsockname()[1]})
+    if not workers:
+        emit({"ready": True, "port": echo.getsockname()[1]})
     while True:
         for key, _ in sel.select():
             ready: socket.socket = key.data
@@ -297,13 +318,17 @@ def tcp_request(seq: int, request_bytes: int, response_bytes: int) -> bytes:
     return head + b"m" * max(0, request_bytes - len(head))
 
 
-def tcp_server(bind: str, port: int) -> None:
-    """Answer each request with as many bytes as it asks for, starting with its sequence number."""
+def tcp_server(bind: str, port: int, workers: int = 0) -> None:
+    """Answer each request with as many bytes as it asks for, starting with its sequence number.
+    With ``workers``, that many forked children accept connections and the parent only waits."""
     server = socket.socket(family_of(bind), socket.SOCK_STREAM)
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     server.bind((bind, port))
     server.listen(8)
-    emit({"ready": True, "port": server.getsockname()[1]})
+    if workers:
+        prefork(workers, server.getsockname()[1])
+    else:
+        emit({"ready": True, "port": server.getsockname()[1]})
     head = SEQ.size + TCP_SIZES.size
     while True:
         conn, _ = server.accept()
@@ -439,6 +464,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--bind", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sink-port", type=int, help="also bind this port and discard what arrives")
+    p.add_argument("--workers", type=int, default=0, help="pre-fork this many children to serve")
 
     p = sub.add_parser("udp-batch-client",
                        help="UDP requests sent in batches with sendmmsg, replies read with recvmsg(mmsg)")
@@ -474,6 +500,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tcp-server", help="TCP request/response server (answers with the size asked for)")
     p.add_argument("--bind", required=True)
     p.add_argument("--port", type=int, required=True)
+    p.add_argument("--workers", type=int, default=0, help="pre-fork this many children to accept")
 
     p = sub.add_parser("tcp-client", help="TCP request/response client")
     p.add_argument("--dest", required=True)
@@ -502,7 +529,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_sigterm()
     try:
         if args.command == "udp-server":
-            udp_server(args.bind, args.port, args.sink_port)
+            udp_server(args.bind, args.port, args.sink_port, args.workers)
         elif args.command == "udp-client":
             return udp_client(args.dest, args.port, args.count, args.rate, max(8, args.payload),
                               args.sleep_ms, args.seq_base, args.timeout, args.filler_count,
@@ -513,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         elif args.command == "udp-flood":
             return udp_flood(args.dest, args.port, args.duration, max(8, args.payload), args.rate)
         elif args.command == "tcp-server":
-            tcp_server(args.bind, args.port)
+            tcp_server(args.bind, args.port, args.workers)
         elif args.command == "tcp-client":
             return tcp_client(args.dest, args.port, args.count, args.rate, max(16, args.request_bytes),
                               max(8, args.response_bytes), args.seq_base, args.timeout, args.file_calls)

@@ -9,7 +9,7 @@ from dataclasses import dataclass, replace
 
 from kubernetes import client
 
-from mace_agent.config import DEFAULT_VXLAN_PORTS
+from mace_agent.config import DEFAULT_MAX_PROBES, DEFAULT_VXLAN_PORTS
 from mace_agent.node.auth import TokenReviewer
 from mace_agent.node.control import Controller
 from mace_agent.node.events import EventHub
@@ -30,7 +30,8 @@ class AgentSettings:
     listen: tuple[str, int]
     resolve_users: tuple[str, ...]
     """Usernames allowed to call /resolve; empty: no authentication (only for local experiments)."""
-    max_probes: int = 50
+    max_probes: int = DEFAULT_MAX_PROBES
+    map_entries: int = RUN_ENGINE.map_entries
     publish_interval: float = 5.0
     vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS
 
@@ -43,7 +44,8 @@ class Agent:
         self.node = settings.node
         self.hub = EventHub()
         self.registry = Registry(self.hub, settings.max_probes, settings.publish_interval,
-                                 replace(RUN_ENGINE, vxlan_ports=settings.vxlan_ports))
+                                 replace(RUN_ENGINE, vxlan_ports=settings.vxlan_ports,
+                                         map_entries=settings.map_entries))
         self.controller = Controller(watch_api, settings.node, self.registry)
         self.publisher = Publisher(api, settings.node, self.registry, settings.publish_interval)
         self.reviewer = TokenReviewer(api, settings.resolve_users) if settings.resolve_users else None

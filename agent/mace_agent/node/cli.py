@@ -15,7 +15,9 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mace_agent.config import add_vxlan_ports_option
+from mace_agent import layout
+from mace_agent.config import DEFAULT_MAX_PROBES, MAX_MAP_ENTRIES, add_vxlan_ports_option
+from mace_agent.node.runs import RUN_ENGINE
 
 if TYPE_CHECKING:  # imported when serving, so that `mace-agent run` does not pay for the client
     from kubernetes import client
@@ -45,6 +47,19 @@ def _positive(kind: type[int] | type[float]) -> Any:
     return parse
 
 
+def _bounded(limit: int) -> Any:
+    """An argparse type: an integer from 1 to ``limit``."""
+    positive = _positive(int)
+
+    def parse(text: str) -> int:
+        value = int(positive(text))
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}, got {text}")
+        return value
+
+    return parse
+
+
 def register(commands: Any) -> argparse.ArgumentParser:
     """Add the ``serve`` subcommand to an ``add_subparsers()`` object; returns its parser."""
     serve_parser: argparse.ArgumentParser = commands.add_parser(
@@ -61,9 +76,13 @@ def register(commands: Any) -> argparse.ArgumentParser:
                               help=f"who may call /resolve (repeatable; default {DEFAULT_OPERATOR})")
     serve_parser.add_argument("--insecure-no-auth", action="store_true",
                               help="let anybody call /resolve (local experiments only)")
-    serve_parser.add_argument("--max-probes", type=_positive(int), default=50,
-                              help="most probes measured at once on this node (default 50; the kernel "
-                                   "attaches at most 64 programs to one tracepoint; each probe needs one)")
+    serve_parser.add_argument("--max-probes", type=_bounded(layout.MAX_PROBES), default=DEFAULT_MAX_PROBES,
+                              help=f"most probes measured at once on this node (default "
+                                   f"{DEFAULT_MAX_PROBES}, at most {layout.MAX_PROBES}): the slots of the "
+                                   "engine's per-probe maps")
+    serve_parser.add_argument("--map-entries", type=_bounded(MAX_MAP_ENTRIES), default=RUN_ENGINE.map_entries,
+                              help="capacity of each pending-packet table, shared by every probe "
+                                   f"(default {RUN_ENGINE.map_entries})")
     serve_parser.add_argument("--publish-interval", type=_positive(float), default=5.0, metavar="SECONDS",
                               help="how often a probe's changing counts are written to its status "
                                    "(default 5; state changes and first samples go out within 1 s)")
@@ -104,8 +123,8 @@ def serve(args: argparse.Namespace) -> int:
 
     users = () if args.insecure_no_auth else tuple(args.operator_username or [DEFAULT_OPERATOR])
     settings = AgentSettings(node=args.node, listen=args.listen, resolve_users=users,
-                             max_probes=args.max_probes, publish_interval=args.publish_interval,
-                             vxlan_ports=args.vxlan_ports)
+                             max_probes=args.max_probes, map_entries=args.map_entries,
+                             publish_interval=args.publish_interval, vxlan_ports=args.vxlan_ports)
     try:
         agent = Agent(settings, api, watch_api)
     except OSError as error:

@@ -49,8 +49,9 @@ def desired_run(obj: Mapping[str, Any], node: str) -> RunSpec | None:
     rate = spec.get("maxEventsPerSecond")
     if not isinstance(rate, int) or rate <= 0:
         rate = DEFAULT_EVENTS_PER_SECOND
+    pids = tuple(p for p in status.get("procIds") or () if isinstance(p, int) and p > 0)
     return RunSpec(key=probe_key(obj), uid=str(meta.get("uid", "")), filter_text=text,
-                   max_events_per_second=rate)
+                   max_events_per_second=rate, proc_ids=pids)
 
 
 def ends_measurement(obj: Mapping[str, Any]) -> bool:
@@ -98,8 +99,8 @@ class Controller:
             elif final and (status.get("results") or {}).get("state") != "Stopped":
                 self.registry.mark_stopped(key, str((obj.get("metadata") or {}).get("uid", "")))
             return
-        if current is not None and current.spec.filter_text == want.filter_text \
-                and current.spec.uid == want.uid:
+        if current is not None and (current.spec.filter_text, current.spec.uid, current.spec.proc_ids) \
+                == (want.filter_text, want.uid, want.proc_ids):
             if current.rate != want.max_events_per_second:
                 current.set_rate(want.max_events_per_second)
             return  # unchanged, even in Error: the same filter would fail the same way

@@ -95,6 +95,8 @@ class Publisher:
         self._since[key] = run_since
         body = results(state, run.message, self.node, run.snapshot, run_since[1])
         body["heartbeatSeconds"] = self.heartbeat
+        if run.probe is not None:
+            body["scope"], body["targets"] = run.scope, run.targets
         return body
 
     def _final(self, item: Retired) -> bool:

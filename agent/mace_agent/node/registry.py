@@ -1,18 +1,19 @@
 """The agent's runs: which probe is measured by which :class:`ProbeRun`, and which runs are winding down.
 
 The control loop changes it (start, replace, retire), the status publisher and the HTTP endpoint read it.
-A retired run keeps being published until its thread has detached the programs; if it was retired
-because its probe is being deleted (or completed), its last write is ``results.state: Stopped``.
+Every run measures on the node's one engine (:class:`~mace_agent.node.runs.Measurer`). A retired run has
+its map entries removed at once; if it was retired because its probe is being deleted (or completed), its
+last write is ``results.state: Stopped``.
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mace_agent.config import EngineConfig
 from mace_agent.node.events import EventHub
-from mace_agent.node.runs import RUN_ENGINE, ProbeRun, RunSpec
+from mace_agent.node.runs import RUN_ENGINE, Measurer, ProbeRun, RunSpec
 
 
 @dataclass
@@ -37,7 +38,8 @@ class Registry:
         self.hub = hub
         self.max_probes = max_probes
         self.snapshot_interval = snapshot_interval
-        self.engine_config = engine_config
+        self.measurer = Measurer(hub, replace(engine_config, max_probes=max_probes))
+        self.measurer.start()
         self._lock = threading.Lock()
         self._active: dict[str, ProbeRun] = {}
         self._retired: list[Retired] = []
@@ -55,7 +57,7 @@ class Registry:
 
         Over ``max_probes`` the run is parked in Error instead; it starts when another run is retired.
         """
-        run = ProbeRun(spec, self.hub, self.snapshot_interval, self.engine_config)
+        run = ProbeRun(spec, self.measurer, self.snapshot_interval)
         with self._lock:
             self._retire_locked(spec.key, final_stopped=False)
             running = sum(not r.parked for r in self._active.values())
@@ -69,7 +71,7 @@ class Registry:
     def _retire_locked(self, key: str, final_stopped: bool) -> ProbeRun | None:
         run = self._active.pop(key, None)
         if run is not None:
-            run.stop(timeout=0)
+            run.stop()
             self._retired.append(Retired(key, run.spec.uid, run, final_stopped))
         return run
 
@@ -98,13 +100,12 @@ class Registry:
             if item in self._retired:
                 self._retired.remove(item)
 
-    def stop_all(self, timeout: float = 10.0) -> None:
+    def stop_all(self) -> None:
         """Detach everything (agent shutdown)."""
         with self._lock:
             runs = list(self._active.values()) + [r.run for r in self._retired if r.run is not None]
             self._active.clear()
             self._retired.clear()
         for run in runs:
-            run.stop(timeout=0)
-        for run in runs:
-            run.stop(timeout=timeout)
+            run.stop()
+        self.measurer.stop()

@@ -1,53 +1,58 @@
-"""One engine run per LatencyProbe on this node, each on its own thread.
+"""The node's one engine, and one :class:`ProbeRun` per LatencyProbe measured on it.
 
-The run's thread polls its :class:`~mace_agent.engine.Engine`'s ring buffer, hands events to the
-:class:`EventHub`, takes snapshots (the summaries everybody else reads), notices when the process or device
-is gone, and asks for the detach on stop; nobody else touches that engine. Compiling/attaching and
-detaching happen on one shared worker thread: one clang at a time bounds CPU spikes, and keeping bcc's
-large allocations on a single thread keeps them in one malloc arena (compiling on each run's own thread
-tripled the agent's memory: about 825 MiB instead of 250 MiB for 30 engines here).
+The :class:`Measurer` compiles and attaches the program set once (on its own thread, when the
+agent starts) and then reads it for every run: it polls the shared ring buffer, hands each run's
+events to the :class:`EventHub`, takes snapshots (the summaries everybody else reads) and notices
+when a run's process or device is gone. Adding or removing a run writes map entries only, at once,
+on the caller's thread (the control loop): no compile, no attach, and the other runs' packets in
+flight are untouched.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from mace.grammar import FilterError, parse
 from mace.models import ProtocolFilter
+from mace.probe import Scope
 from mace_agent.config import EngineConfig
-from mace_agent.engine import Engine
+from mace_agent.engine import NodeEngine, Probe, ProbeLimitError, ProbeSpec
 from mace_agent.kernel import KernelFeatureError
 from mace_agent.node.events import EventHub
 from mace_agent.summary import Snapshot
 from mace_agent.target import DEVICE_REMOVED, PROCESS_EXITED, TargetError
 
+log = logging.getLogger("mace_agent.node.runs")
+
 ATTACHING, MEASURING, ERROR, STOPPED = "Attaching", "Measuring", "Error", "Stopped"
-POLL_S = 1.0
-"""The ring buffer wakes a run as soon as events arrive; this only bounds how late a stop is noticed."""
+POLL_S = 0.05
+"""How long one poll of the ring buffer waits: it also bounds how late a gone target is noticed."""
+WATCH_S = 1.0
+"""How often every run's process and device are checked."""
 FIRST_SNAPSHOT_S = 1.0
 """Until the first samples show up, a snapshot is taken this often after events arrived; then every
-``snapshot_interval`` (the publish interval). Reading the in-kernel histograms costs ~3 ms of CPU."""
+``snapshot_interval`` (the publish interval)."""
 IDLE_SNAPSHOT_S = 30.0
 """Without events a snapshot is still taken this often (counters that move without events: unmatched)."""
 RUN_ENGINE = EngineConfig(stream=True, exact_values=1024)
-"""How a probe's engine is set up: the stream on (the /events endpoint), 1024 latencies per direction
-kept for exact percentiles (then the in-kernel histogram takes over). The rate limit is the probe's;
-the agent adds its node settings (VXLAN ports)."""
-
-_engine_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine-worker")
+"""How the node's engine is set up: the stream on (the /events endpoint), 1024 latencies per direction
+and probe kept for exact percentiles (then the in-kernel histogram takes over). The rate limit is each
+probe's; the agent adds its node settings (VXLAN ports, probe slots)."""
 
 
 @dataclass(frozen=True)
 class RunSpec:
-    """What one run measures: the probe's key, UID, resolved filter and event budget."""
+    """What one run measures: the probe's key, UID, resolved filter, the PIDs of its containers
+    (every process of their cgroups is measured) and its event budget."""
 
     key: str
     uid: str
     filter_text: str
     max_events_per_second: int
+    proc_ids: tuple[int, ...] = ()
 
     def parsed(self) -> ProtocolFilter:
         """The filter (raises FilterError)."""
@@ -55,111 +60,216 @@ class RunSpec:
 
 
 class ProbeRun:
-    """A thread measuring one probe; read ``state``, ``message`` and ``snapshot`` from anywhere."""
+    """One probe on the node's engine; read ``state``, ``message`` and ``snapshot`` from anywhere."""
 
-    def __init__(self, spec: RunSpec, hub: EventHub, snapshot_interval: float = FIRST_SNAPSHOT_S,
-                 engine_config: EngineConfig = RUN_ENGINE) -> None:
+    def __init__(self, spec: RunSpec, measurer: Measurer, snapshot_interval: float) -> None:
         self.spec = spec
-        self.hub = hub
+        self.measurer = measurer
         self.snapshot_interval = snapshot_interval
-        self.engine_config = engine_config
         self.state = ATTACHING
         self.message: str | None = None
         self.snapshot: Snapshot | None = None
         self.attach_seconds: float | None = None
+        self.probe: Probe | None = None
         self.parked = False
-        self._stop = threading.Event()
         self._rate = spec.max_events_per_second
-        self._thread = threading.Thread(target=self._run, name=f"run {spec.key}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def park(self, why: str) -> None:
-        """Never start this run (``parked``): it shows as Error with ``why``."""
-        self.parked = True
-        self._fail(why)
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Ask the run to detach and wait (bounded) until it has."""
-        self._stop.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
+        self._fresh = False
+        self._last_snapshot = 0.0
 
     @property
     def alive(self) -> bool:
-        return self._thread.is_alive()
+        """Whether the run still holds map entries (false once removed)."""
+        return self.probe is not None
 
     @property
     def rate(self) -> int:
         """The event budget in force (events per second)."""
         return self._rate
 
-    def set_rate(self, events_per_second: int) -> None:
-        """Change the event budget without restarting (applied within one poll)."""
-        self._rate = events_per_second
+    @property
+    def scope(self) -> Scope | None:
+        """What the run measures: the containers' cgroups, or (fallback) their processes."""
+        if self.probe is None:
+            return None
+        return Scope.process if self.probe.scope_fallback else Scope.cgroup
 
-    def _fail(self, message: str) -> None:
+    @property
+    def targets(self) -> int | None:
+        return None if self.probe is None else len(self.probe.target_keys)
+
+    def park(self, why: str) -> None:
+        """Never measure this run (``parked``): it shows as Error with ``why``."""
+        self.parked = True
+        self.fail(why)
+
+    def fail(self, message: str) -> None:
         self.message = message
         self.state = ERROR
 
-    def _run(self) -> None:
-        try:
-            flt = self.spec.parsed()
-        except FilterError as error:
-            self._fail(f"invalid filter in status: {error}")
-            return
-        engine = Engine(flt, replace(self.engine_config, rate_limit=self._rate))
-        if self._stop.is_set():
-            return
-        try:
-            _engine_worker.submit(engine.start).result()
-        except (TargetError, KernelFeatureError, ValueError) as error:
-            _engine_worker.submit(engine.close).result()
-            self._fail(str(error))
-            return
-        try:
-            self.attach_seconds = engine.attach_seconds
-            self.snapshot = engine.snapshot()
-            self.state = MEASURING
-            self._measure(engine, flt)
-        except Exception as error:  # a bcc failure must end this run only, not the agent
-            self._fail(f"engine failed: {type(error).__name__}: {error}")
-        finally:
-            _engine_worker.submit(engine.close).result()
-            if self.state != ERROR:
-                self.state = STOPPED
+    def set_rate(self, events_per_second: int) -> None:
+        """Change the event budget without restarting."""
+        self._rate = events_per_second
+        if self.probe is not None:
+            self.measurer.engine.set_rate(self.probe, events_per_second)
 
-    def _measure(self, engine: Engine, flt: ProtocolFilter) -> None:
-        rate = self._rate
-        fresh = False
-        last = time.monotonic()
-        while not self._stop.is_set():
-            events = engine.poll(POLL_S)
-            if events:
-                fresh = True
-                if self.hub.wanted(self.spec.key):
-                    self.hub.publish(self.spec.key, events)
-            if self._rate != rate:
-                rate = self._rate
-                engine.set_rate_limit(rate)
-            now = time.monotonic()
-            wait = self.snapshot_interval if _has_samples(self.snapshot) else FIRST_SNAPSHOT_S
-            if (fresh and now - last >= wait) or now - last >= max(IDLE_SNAPSHOT_S, wait):
-                self.snapshot = engine.snapshot()
-                fresh, last = False, now
-            reason = engine.stop_reason()
-            if reason is not None:
-                self.snapshot = engine.snapshot()
-                if reason == PROCESS_EXITED:
-                    self._fail(f"process {flt.proc_id} exited")
-                elif reason == DEVICE_REMOVED:
-                    self._fail(f"outer device {flt.dev_id} was removed")
-                else:
-                    self._fail(reason)
-                return
-        self.snapshot = engine.snapshot()
+    def start(self) -> None:
+        """Add the probe to the node's engine (at once if it is attached, else once it is)."""
+        self.measurer.attach(self)
+
+    def stop(self) -> None:
+        """Remove the probe's entries (at once: map writes only)."""
+        self.measurer.detach(self)
+
+    def probe_spec(self) -> ProbeSpec:
+        """The engine's view of this run (raises FilterError)."""
+        return ProbeSpec(self.spec.parsed(), Scope.cgroup, self.spec.proc_ids, self._rate, stream=True)
+
+    def due(self, now: float) -> bool:
+        """Whether a new snapshot is due (called by the measurer)."""
+        wait = self.snapshot_interval if _has_samples(self.snapshot) else FIRST_SNAPSHOT_S
+        return (self._fresh and now - self._last_snapshot >= wait) \
+            or now - self._last_snapshot >= max(IDLE_SNAPSHOT_S, wait)
+
+    def took(self, snapshot: Snapshot, now: float) -> None:
+        self.snapshot, self._fresh, self._last_snapshot = snapshot, False, now
 
 
 def _has_samples(snapshot: Snapshot | None) -> bool:
     return snapshot is not None and any(s.count for s in snapshot.directions.values())
+
+
+class Measurer:
+    """The node's engine and the thread reading it for every run."""
+
+    def __init__(self, hub: EventHub, config: EngineConfig) -> None:
+        self.hub = hub
+        self.engine = NodeEngine(config)
+        self.error: str | None = None
+        self._lock = threading.Lock()
+        self._runs: dict[int, ProbeRun] = {}
+        self._waiting: list[ProbeRun] = []
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="measurer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def wait_ready(self, timeout: float) -> bool:
+        return self._ready.wait(timeout)
+
+    def attach(self, run: ProbeRun) -> None:
+        """Add a run's probe, or keep it until the engine is attached."""
+        with self._lock:
+            if not self._ready.is_set():
+                self._waiting.append(run)
+                return
+        self._add(run)
+
+    def _add(self, run: ProbeRun) -> None:
+        if self.error is not None:
+            run.fail(self.error)
+            return
+        began = time.monotonic()
+        try:
+            probe = self.engine.add(run.probe_spec())
+        except FilterError as error:
+            run.fail(f"invalid filter in status: {error}")
+            return
+        except (TargetError, ProbeLimitError, KernelFeatureError, ValueError) as error:
+            run.fail(str(error))
+            return
+        run.attach_seconds = time.monotonic() - began
+        with self._lock:
+            run.probe = probe
+            self._runs[probe.slot] = run
+        run.took(self.engine.snapshot(probe), time.monotonic())
+        run.state = MEASURING
+
+    def detach(self, run: ProbeRun) -> None:
+        """Remove a run's probe (its last snapshot stays readable)."""
+        with self._lock:
+            if run in self._waiting:
+                self._waiting.remove(run)
+            probe, run.probe = run.probe, None
+            if probe is not None:
+                self._runs.pop(probe.slot, None)
+        if probe is not None:
+            try:
+                run.snapshot = self.engine.snapshot(probe)
+            except Exception as error:  # the engine may be closing
+                log.warning("last snapshot of %s failed: %s", run.spec.key, error)
+            self.engine.remove(probe)
+
+    def stop(self) -> None:
+        """Detach everything and close the engine."""
+        self._stop.set()
+        if self._thread.is_alive() and threading.current_thread() is not self._thread:
+            self._thread.join(10)
+
+    def _loop(self) -> None:
+        try:
+            self.engine.start()
+        except (KernelFeatureError, ValueError) as error:
+            self.error = str(error)
+        except Exception as error:  # a bcc failure must be reported, not kill the agent
+            self.error = f"engine failed: {type(error).__name__}: {error}"
+        if self.error is not None:
+            log.error("the node's engine could not attach: %s", self.error)
+        with self._lock:
+            self._ready.set()
+            waiting, self._waiting = self._waiting, []
+        for run in waiting:
+            self._add(run)
+        if self.error is not None:
+            return
+        try:
+            self._measure()
+        except Exception as error:
+            self.error = f"engine failed: {type(error).__name__}: {error}"
+            log.exception("the node's engine failed")
+            for run in list(self._runs.values()):
+                run.fail(self.error)
+        finally:
+            self.engine.close()
+
+    def _measure(self) -> None:
+        next_watch = time.monotonic() + WATCH_S
+        while not self._stop.is_set():
+            self.engine.poll(POLL_S)
+            with self._lock:
+                runs = list(self._runs.values())
+            now = time.monotonic()
+            for run in runs:
+                probe = run.probe
+                if probe is None:
+                    continue
+                events = probe.take_events()
+                if events:
+                    run._fresh = True
+                    if self.hub.wanted(run.spec.key):
+                        self.hub.publish(run.spec.key, events)
+                if run.due(now):
+                    run.took(self.engine.snapshot(probe), now)
+            if now >= next_watch:
+                next_watch = now + WATCH_S
+                for run in runs:
+                    self._watch(run)
+
+    def _watch(self, run: ProbeRun) -> None:
+        probe = run.probe
+        reason = self.engine.stop_reason(probe) if probe is not None else None
+        if reason is None or probe is None:
+            return
+        flt = probe.spec.filter
+        self.detach(run)
+        if reason == PROCESS_EXITED:
+            run.fail(f"process {flt.proc_id} exited")
+        elif reason == DEVICE_REMOVED:
+            run.fail(f"outer device {flt.dev_id} was removed")
+        else:
+            run.fail(reason)

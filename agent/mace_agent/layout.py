@@ -1,0 +1,195 @@
+"""The binary layout shared by the eBPF program and user space, defined once.
+
+Every struct that crosses between C and Python (map keys and values, ring-buffer events) is a
+ctypes Structure here; :func:`c_definitions` writes the matching C ``struct`` text that the
+program (agent/bpf/mace.c) is compiled with, so the two cannot drift apart. The engine checks
+each map's key and value sizes against these classes after loading.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections.abc import Iterator
+from typing import Any
+
+MAX_PROBES = 4096
+"""Probe slots in the maps (the agent's ``--max-probes`` is at most this)."""
+MAX_TARGETS = 8192
+"""Cgroups or processes measured at once (a probe may measure several containers)."""
+MAX_DEVICES = 64
+"""Outer devices measured at once."""
+MAX_LAYOUTS = 256
+"""Distinct flow layouts (flow specs) in use on the node at once."""
+DEV_LAYOUTS = 8
+"""Distinct flow layouts per direction on one outer device: the bound on per-packet work there."""
+TARGET_GROUPS = 4
+"""Distinct (flow layout, device) groups per direction among one target's probes."""
+CORR_BYTES = 40
+"""The packet id: corr field values packed side by side (mace.safety.MAX_CORR_BYTES)."""
+INFO_BYTES = 56
+"""Info field values packed side by side: the widest six fields of the catalogue fit."""
+PKT_BYTES = 128
+"""A parsed packet's header bytes (a power of two): 16 from the Ethernet header, then 96 from the
+network header, then 16 that stay zero."""
+L2_BYTES = 16
+NO_SOURCE = PKT_BYTES - 1
+"""A gather entry that takes no byte: the program never reads packet data into the last bytes."""
+L4_SOURCE = 0x80
+"""A gather entry ``L4_SOURCE | n`` takes byte n of the transport header."""
+RX_SLOTS = 16
+"""Packets one receive call can report (more are counted as ``in_batch_overflow``)."""
+TCP_CHAIN = 64
+"""Merged TCP segments one copied skb can account for."""
+PENDING_WAYS = 4
+"""Ways per set of the pending-packet tables."""
+NO_TCP_SEQ = 0xFF
+"""``flow_layout.tcp_seq_at`` when the packet id holds no tcp_seq."""
+TGID_KEY = 1 << 63
+"""Target keys with this bit are ``TGID_KEY | tgid`` (one process and its threads), else cgroup ids."""
+
+u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
+
+PROBE_COUNTERS = (
+    "out_inserted", "out_matched", "in_matched", "ringbuf_dropped", "rate_limited", "in_batch_overflow",
+    "out_count", "out_sum", "out_max", "in_count", "in_sum", "in_max",
+)
+"""Each probe's counters, in ``probe_stats.c`` order (``*_max`` are maxima, the rest sums)."""
+GROUP_COUNTERS = ("in_inserted", "in_duplicate", "in_taken")
+"""Counters of a (device, ingress layout) pair: packets inserted at the device before anyone took them."""
+
+
+class Struct(ctypes.Structure):
+    """A struct of the shared layout; ``_c_name_`` is its C name."""
+
+    _c_name_ = ""
+
+
+class FlowLayoutC(Struct):
+    """One flow spec as data: what a packet must be and where each packed byte comes from."""
+
+    _c_name_ = "flow_layout"
+    _fields_ = [
+        ("family", u8), ("l4proto", u8), ("needs_l2", u8), ("tcp_seq_at", u8),
+        ("corr_l4_end", u8), ("pad", u8 * 3),
+        ("corr_src", u8 * CORR_BYTES), ("corr_mask", u8 * CORR_BYTES),
+        ("info_src", u8 * INFO_BYTES), ("info_mask", u8 * INFO_BYTES),
+    ]
+
+
+class DeviceC(Struct):
+    """An outer device (key: its ifindex in the agent's network namespace)."""
+
+    _c_name_ = "device"
+    _fields_ = [
+        ("netns", u32), ("slot", u16), ("n_out", u8), ("n_in", u8),
+        ("out_layouts", u16 * DEV_LAYOUTS), ("in_layouts", u16 * DEV_LAYOUTS),
+        ("seen", u64),  # the device's struct net_device, once a packet showed it (the kernel writes it)
+    ]
+
+
+class GroupC(Struct):
+    """The measurement of one target that uses a flow layout on an outer device."""
+
+    _c_name_ = "group"
+    _fields_ = [("layout", u16), ("dev", u16), ("slot", u16), ("pad", u16)]
+
+
+class TargetC(Struct):
+    """A measured cgroup (or process): its network namespace and its probes, per direction."""
+
+    _c_name_ = "target"
+    _fields_ = [
+        ("netns", u32), ("n_out", u8), ("n_in", u8), ("pad", u8 * 2),
+        ("out", GroupC * TARGET_GROUPS), ("in_", GroupC * TARGET_GROUPS),
+    ]
+
+
+class ProbeC(Struct):
+    """A probe's settings (array index: its slot)."""
+
+    _c_name_ = "probe"
+    _fields_ = [("rate_limit", u64), ("stream", u32), ("pad", u32)]
+
+
+class ProbeStatsC(Struct):
+    """A probe's counters (array index: its slot)."""
+
+    _c_name_ = "probe_stats"
+    _fields_ = [("c", u64 * len(PROBE_COUNTERS))]
+
+
+class GroupStatsC(Struct):
+    """A (device, ingress layout) pair's counters (index: device slot * MAX_LAYOUTS + layout)."""
+
+    _c_name_ = "group_stats"
+    _fields_ = [("c", u64 * len(GROUP_COUNTERS))]
+
+
+class RateWindowC(Struct):
+    """A probe's event budget for the current second."""
+
+    _c_name_ = "rate_window"
+    _fields_ = [("second", u64), ("count", u64)]
+
+
+class CorrKeyC(Struct):
+    """A packet id: the flow layout and device it was read for, then the packed corr bytes."""
+
+    _c_name_ = "corr_key"
+    _fields_ = [("layout", u16), ("dev", u16), ("pad", u32), ("b", u8 * CORR_BYTES)]
+
+
+class TxValC(Struct):
+    """A sent packet waiting for the outer device: when its send began, who sent it, for which slot."""
+
+    _c_name_ = "tx_val"
+    _fields_ = [("ts", u64), ("pid", u32), ("tid", u32), ("slot", u16), ("pad", u16 * 3)]
+
+
+class RxValC(Struct):
+    """A received packet waiting for its reader: arrival time, TCP's next sequence number, info."""
+
+    _c_name_ = "rx_val"
+    _fields_ = [("ts", u64), ("next_seq", u32), ("pad", u32), ("info", u8 * INFO_BYTES)]
+
+
+class EventC(Struct):
+    """One measured packet in the ring buffer."""
+
+    _c_name_ = "event"
+    _fields_ = [("ts_end", u64), ("latency", u64), ("pid", u32), ("tid", u32), ("probe", u16),
+                ("direction", u8), ("pad", u8 * 5), ("info", u8 * INFO_BYTES)]
+
+
+SHARED = (FlowLayoutC, DeviceC, GroupC, TargetC, ProbeC, ProbeStatsC, GroupStatsC, RateWindowC,
+          CorrKeyC, TxValC, RxValC, EventC)
+"""Every shared struct, in the order C needs them (a struct before its users)."""
+
+_C_TYPES: dict[Any, str] = {u8: "u8", u16: "u16", u32: "u32", u64: "u64"}
+
+
+def _members(cls: type[Struct]) -> Iterator[str]:
+    for name, kind, *_bits in cls._fields_:
+        dims = ""
+        base: Any = kind
+        while issubclass(base, ctypes.Array):
+            dims += f"[{base._length_}]"
+            base = base._type_
+        c_type = _C_TYPES.get(base) or f"struct {base._c_name_}"
+        yield f"    {c_type} {name}{dims};"
+
+
+def c_definitions() -> str:
+    """The C text of every shared struct, each followed by a compile-time size check."""
+    parts = []
+    for cls in SHARED:
+        body = "\n".join(_members(cls))
+        parts.append(f"struct {cls._c_name_} {{\n{body}\n}};\n"
+                     f"_Static_assert(sizeof(struct {cls._c_name_}) == {ctypes.sizeof(cls)}, "
+                     f"\"struct {cls._c_name_} differs from mace_agent/layout.py\");")
+    return "\n".join(parts) + "\n"
+
+
+def counters_of(raw: Any, names: tuple[str, ...]) -> dict[str, int]:
+    """A stats struct's counters by name."""
+    return {name: int(raw.c[i]) for i, name in enumerate(names)}
