@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import secrets
 import select
 import signal
 import sys
@@ -231,9 +232,9 @@ def _time(value: Any) -> datetime | None:
         return None
 
 
-def probe_body(pod: str, protocol: str, port: int | None, container: str | None,
+def probe_body(name: str, pod: str, protocol: str, port: int | None, container: str | None,
                duration_s: int | None) -> dict[str, Any]:
-    """The LatencyProbe ``measure`` creates for ``pod``."""
+    """The LatencyProbe ``name`` that ``measure`` creates for ``pod``."""
     inbound, outbound = FLOWS[protocol]
     spec: dict[str, Any] = {"pod": pod, "in": inbound, "out": outbound}
     if container:
@@ -242,8 +243,7 @@ def probe_body(pod: str, protocol: str, port: int | None, container: str | None,
         spec["durationSeconds"] = duration_s + STOP_MARGIN_S
     annotations = {"mace.dev/measure": f"{protocol}" + (f" port {port}" if port else "")}
     return {"apiVersion": API_VERSION, "kind": KIND, "spec": spec,
-            "metadata": {"generateName": f"measure-{pod[:40].rstrip('-.')}-", "labels": MEASURE_LABEL,
-                         "annotations": annotations}}
+            "metadata": {"name": name, "labels": MEASURE_LABEL, "annotations": annotations}}
 
 
 def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
@@ -254,10 +254,14 @@ def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
         raise PluginError(f'pod {namespace}/{args.pod} has no container "{args.container}" '
                           f"(it has: {', '.join(containers)})")
     protocol, port = ("icmp", None) if args.icmp else ("udp", args.udp) if args.udp else ("tcp", args.tcp)
-    body = probe_body(args.pod, protocol, port, args.container, args.duration)
-    name = kube.create_probe(namespace, body)["metadata"]["name"]
-    print(f"created latencyprobe {namespace}/{name}", file=sys.stderr, flush=True)
+    # Named here, not by the API server (generateName): a Ctrl-C during the create still knows what to delete.
+    name = f"measure-{args.pod[:40].rstrip('-.')}-{secrets.token_hex(3)}"
+    created = False
     try:
+        body = probe_body(name, args.pod, protocol, port, args.container, args.duration)
+        kube.create_probe(namespace, body)
+        created = True
+        print(f"created latencyprobe {namespace}/{name}", file=sys.stderr, flush=True)
         watcher = Watcher(kube, namespace, name, args.agent_namespace)
 
         def render() -> RenderableType:
@@ -273,14 +277,23 @@ def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
         until = time.monotonic() + args.duration if args.duration else None
         return show(console, render, plain, args.frames, args.interval, until)
     finally:
-        _remove(kube, namespace, name)
+        _remove(kube, namespace, name, created)
 
 
-def _remove(kube: Kube, namespace: str, name: str) -> None:
-    """Delete the measure's probe and wait until it is gone; Ctrl-C cannot interrupt this."""
+def _remove(kube: Kube, namespace: str, name: str, created: bool) -> None:
+    """Delete the measure's probe (``created``: known to exist) and wait until it is gone; Ctrl-C cannot
+    interrupt this, and a failure is reported without hiding the error that ended the measure."""
     saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
     try:
-        kube.delete_probe(namespace, name)
+        try:
+            deleted = kube.delete_probe(namespace, name)
+        except PluginError as error:
+            if created:
+                print(f"kubectl mace: latencyprobe {namespace}/{name} was not deleted: {error}",
+                      file=sys.stderr)
+            return
+        if not (deleted or created):
+            return  # interrupted before the API server created it
         deadline = time.monotonic() + DELETE_WAIT_S
         while kube.probe_exists(namespace, name):
             if time.monotonic() > deadline:
@@ -289,6 +302,9 @@ def _remove(kube: Kube, namespace: str, name: str) -> None:
                 return
             time.sleep(0.2)
         print(f"deleted latencyprobe {namespace}/{name}", file=sys.stderr, flush=True)
+    except PluginError as error:
+        print(f"kubectl mace: could not check that latencyprobe {namespace}/{name} is gone: {error}",
+              file=sys.stderr)
     finally:
         signal.signal(signal.SIGINT, saved[0])
         signal.signal(signal.SIGTERM, saved[1])

@@ -131,14 +131,16 @@ class Kube:
                                                                 _request_timeout=REQUEST_TIMEOUT_S))
         return created
 
-    def delete_probe(self, namespace: str, name: str) -> None:
-        """Delete the probe (no error if it is already gone)."""
+    def delete_probe(self, namespace: str, name: str) -> bool:
+        """Delete the probe; False if there was none."""
         try:
             self.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name,
                                                         _request_timeout=REQUEST_TIMEOUT_S)
+            return True
         except ApiException as error:
-            if error.status != 404:
-                _refuse(error, "delete", "latencyprobes.mace.dev", namespace)
+            if error.status == 404:
+                return False
+            _refuse(error, "delete", "latencyprobes.mace.dev", namespace)
         except urllib3.exceptions.HTTPError as error:
             raise PluginError(f"cannot reach the API server at {self.host}: {error}") from None
 

@@ -200,7 +200,7 @@ def test_user_without_the_documented_rbac_is_refused(cluster: Cluster, measured:
 
         bind(AGENT_NAMESPACE, "Role", "mace-agent-reader")
         allowed = watch_until(lambda done: done.returncode == 0)
-        assert latency_rows(frames(allowed.stdout)[0])[("egress", "interval")].count > 0, allowed.stdout
+        assert latency_rows(frames(allowed.stdout)[0])[("egress", "start")].count > 0, allowed.stdout
         measure = plugin(cluster, "measure", measured.pod, "--icmp", "--frames", "1", kubeconfig=kubeconfig)
         assert measure.returncode == 1  # measure needs mace-measurer
         assert f"forbidden: you may not get pods in namespace {measured.namespace}" in measure.stderr
