@@ -218,6 +218,8 @@ def cmd_top(kube: Kube, args: argparse.Namespace) -> int:
     def render() -> RenderableType:
         probes = sorted(kube.probes(namespace), key=lambda p: (p["metadata"].get("namespace", ""),
                                                               p["metadata"]["name"]))
+        for gone in seen.keys() - {p["metadata"].get("uid", "") for p in probes}:
+            del seen[gone]
         return top_view([TopRow(p, rate(p)) for p in probes], namespace is None, datetime.now().astimezone())
 
     render()

@@ -25,6 +25,8 @@ AGENT_SELECTOR = "app.kubernetes.io/name=mace-agent,app.kubernetes.io/component=
 AGENT_PORT = 9464
 RBAC_DOC = "docs/kubectl-mace.md#permissions"
 REQUEST_TIMEOUT_S = 15.0
+MAX_LINE_BYTES = 1 << 20
+"""An /events line is a few hundred bytes; a longer one is refused rather than buffered."""
 
 T = TypeVar("T")
 
@@ -213,6 +215,8 @@ class Kube:
             for chunk in response.stream(4096, decode_content=True):
                 pending += chunk
                 *lines, pending = pending.split(b"\n")
+                if len(pending) > MAX_LINE_BYTES:
+                    raise PluginError(f"the agent sent a line of more than {MAX_LINE_BYTES} bytes")
                 for line in lines:
                     if line.strip():
                         yield line.decode()
