@@ -9,6 +9,7 @@ from datetime import datetime
 import pytest
 from rich.console import Console
 
+from mace_kubectl.cli import Watcher
 from mace_kubectl.scrape import Histogram, parse
 from mace_kubectl.view import Frame, duration, watch_view
 
@@ -90,3 +91,17 @@ def test_watch_frame_shows_both_directions_and_the_histogram_bars() -> None:
     assert lines[at + 1][:3] == ["start", "30", duration(2.0 ** 16 / 1e9 * 1.75)]
     assert "<131.1us" in text and "<262.1us" in text  # the two buckets that gained samples
     assert "unmatched 2 (+2)" in text
+
+
+def test_an_unchanged_scrape_keeps_the_last_interval() -> None:
+    """The agent refreshes its figures at its publish interval: a scrape between two refreshes repeats the
+    last interval instead of showing an empty one."""
+    watcher = Watcher(None, "apps", "web", "mace-system")  # type: ignore[arg-type]  # no API calls here
+    scrapes = [parse(page(counts, unmatched=u))[("apps", "web")]
+               for counts, u in (({17: 10}, 0), ({17: 10}, 0), ({17: 14}, 1), ({17: 14}, 1), ({17: 20}, 1))]
+    seen = []
+    for at, metrics in enumerate(scrapes):
+        watcher._advance(metrics, float(at))
+        seen.append((watcher.interval["egress"].count if watcher.interval else None, watcher.interval_s,
+                     watcher.loss_added.get("unmatched")))
+    assert seen == [(None, 0.0, None), (None, 0.0, None), (4, 2.0, 1), (4, 2.0, 1), (6, 2.0, 0)]
