@@ -85,3 +85,17 @@ def test_a_probe_with_a_large_annotation_is_handled_and_deletable(cluster: Clust
     cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "big")
     wait_for("the probe to be gone", lambda: cluster.probe(namespace, "big") is None, DELETE_BOUND_S)
     print(f"deleted in {time.monotonic() - began:.1f} s")
+
+
+def test_a_probe_at_the_annotation_size_limit_is_deletable(cluster: Cluster, namespace: str) -> None:
+    """262,000 bytes of annotations leave no room for kopf's own: its patches are refused, and the
+    finalizer is released alone."""
+    probe = body("near")
+    probe["metadata"]["annotations"] = {"example.com/blob": "x" * 262_000}
+    cluster.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, probe)
+    wait_for("the operator's finalizer", lambda: (p := cluster.probe(namespace, "near"))
+             and p["metadata"].get("finalizers"), 30)
+    began = time.monotonic()
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, "near")
+    wait_for("the probe to be gone", lambda: cluster.probe(namespace, "near") is None, DELETE_BOUND_S)
+    print(f"a probe with 262,000 B of annotations deleted in {time.monotonic() - began:.1f} s")

@@ -24,6 +24,10 @@ class FakeApi:
     async def patch_probe_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         return None
 
+    async def remove_finalizer(self, namespace: str, name: str, finalizers: list[str],
+                               finalizer: str) -> None:
+        return None
+
     async def list_probes(self, namespace: str) -> list[dict[str, Any]]:
         self.lists.append(namespace)
         if self.fail_next:
