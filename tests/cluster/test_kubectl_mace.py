@@ -54,9 +54,12 @@ def test_watch_frames_grow_and_match_the_status(cluster: Cluster, measured: Meas
             assert interval.count > 0, done.stdout  # the pod pings 10 times a second
             if i:  # each frame's scrape saw new figures: its interval is exactly what the start gained
                 assert interval.count == starts[i] - starts[i - 1], (direction, i, starts, done.stdout)
-            # Both medians come from the log2 buckets: within one bucket of the agent's exact figure.
-            for shown in (interval, frame[(direction, "start")]):
-                assert shown.p50 is not None and shown.p50 / 2 <= exact <= shown.p50 * 2, (shown, exact)
+            # Since the start, from the log2 buckets: within one bucket of the agent's exact median.
+            start = frame[(direction, "start")]
+            assert start.p50 is not None and start.p50 / 2 <= exact <= start.p50 * 2, (start, exact)
+            # The interval's median may move with the machine's load (other work shares its 2 cores).
+            assert interval.p50 is not None and interval.p50 / 4 <= exact <= interval.p50 * 4, (interval,
+                                                                                              exact)
     assert "latency histogram" in done.stdout and "█" in done.stdout
     assert "loss: unmatched" in done.stdout
 
