@@ -16,6 +16,8 @@ from typing import Any, TypeVar
 
 REPO = Path(__file__).resolve().parents[2]
 NODE_CLUSTER = REPO / "tests" / "node" / "cluster"
+CHART = Path(os.environ.get("MACE_NODE_SOURCE", REPO)) / "helm" / "mace"
+"""The chart the node runs (MACE_NODE_SOURCE: another checkout to take the images and chart from)."""
 AGENT_PORT = 9464
 SYSTEM_NAMESPACE = "mace-system"
 AGENT_SELECTOR = "app.kubernetes.io/component=agent"
@@ -74,7 +76,7 @@ class Cluster:
 
     def install_chart(self) -> None:
         """``helm install`` the chart as a user would: only the images' registry, tag and pull policy set."""
-        self.helm("install", "mace", str(REPO / "helm" / "mace"), "-n", SYSTEM_NAMESPACE,
+        self.helm("install", "mace", str(CHART), "-n", SYSTEM_NAMESPACE,
                   "--create-namespace", "--set", f"image.registry={self.image_registry}",
                   "--set", f"image.tag={self.image_tag}", "--set", "image.pullPolicy=Never", timeout=300)
 
@@ -110,14 +112,47 @@ def fetch_script(url: str, lines: int, timeout: float) -> str:
             "    sys.stdout.write(line.decode()); sys.stdout.flush()\n")
 
 
+NODE_SYSCTLS = ("vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+                "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes")
+NODE_PATHS = ("/var/lib/mace-node", "/var/lib/kubelet", "/var/log/containers", "/var/log/pods",
+              "/var/lib/cni", "/run/containerd")
+
+
+def node_footprint() -> dict[str, Any]:
+    """What of the machine a test node changes: its namespaces, mounts, cgroups, processes, files, the
+    sysctls the kubelet sets."""
+    with open("/proc/self/mounts", encoding="utf-8") as mounts:
+        points = sorted(line.split()[1] for line in mounts)
+    processes = []
+    for entry in Path("/proc").iterdir():
+        try:
+            cmdline = (entry / "cmdline").read_bytes() if entry.name.isdigit() else b""
+        except OSError:
+            continue
+        if b"/var/lib/mace-node" in cmdline or b"mace-node-remote" in cmdline:
+            processes.append(cmdline.replace(b"\0", b" ").decode(errors="replace")[:200])
+    return {
+        "netns": sorted(p.name for p in Path("/run/netns").glob("*") if p.name.startswith("mace-node")),
+        "cni netns": sorted(p.name for p in Path("/run/netns").glob("cni-*")),
+        "mounts": [m for m in points if "mace-node" in m or "/run/netns/cni-" in m or "kubelet" in m],
+        "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob("*/mace-node")),
+        "processes": sorted(processes),
+        "files": [path for path in NODE_PATHS if Path(path).exists()],
+        "sysctls": {name: Path("/proc/sys", name).read_text().strip() for name in NODE_SYSCTLS},
+    }
+
+
 class NodeCluster(Cluster):
-    """The real single-node cluster of tests/node (brought up here unless it already runs)."""
+    """The real single-node cluster of tests/node (brought up here unless it already runs; then ``close``
+    takes it down and checks that the machine is as it was before)."""
 
     name = "node"
 
     def __init__(self) -> None:
         self.made = False
+        self.before: dict[str, Any] = {}
         if run([str(NODE_CLUSTER), "status"], check=False).returncode != 0:
+            self.before = node_footprint()
             run([str(NODE_CLUSTER), "up"], timeout=3600)
             self.made = True
         env = dict(line.split("=", 1) for line in run([str(NODE_CLUSTER), "env"]).stdout.splitlines())
@@ -144,6 +179,9 @@ class NodeCluster(Cluster):
     def close(self) -> None:
         if self.made and not os.environ.get("MACE_NODE_KEEP"):
             run([str(NODE_CLUSTER), "down"], timeout=300)
+            after = node_footprint()
+            left = {key: (self.before[key], after[key]) for key in after if after[key] != self.before[key]}
+            assert not left, f"tests/node/cluster down left the machine changed (before, after): {left}"
 
 
 class KindCluster(Cluster):

@@ -94,17 +94,20 @@ def test_a_deleted_pod_turns_the_probe_to_pod_not_found(cluster: Cluster, namesp
              lambda: "PodNotFound" in condition_reasons(status_of(cluster, namespace, name)), 60)
 
 
-def test_a_deleted_probe_releases_its_programs(cluster: Cluster, namespace: str) -> None:
+def test_a_deleted_probe_releases_its_programs_and_entries(cluster: Cluster, namespace: str) -> None:
     node = run_pod(cluster, namespace, "pinger", "ping", "-i", "0.2", cluster.remote_addr)["spec"]["nodeName"]
     before = held_programs(cluster, node)
     name = apply_example(cluster, namespace, "latencyprobe.yaml")
     wait_measuring(cluster, namespace, name)
-    probe_programs = held_programs(cluster, node) - before
-    assert probe_programs, "the probe's run holds no program of its own"
+    probe_programs = held_programs(cluster, node) - before  # none where one program set serves every probe
+    assert f'probe="{name}"' in cluster.agent_get(node, "/metrics")
     cluster.kubectl("delete", "latencyprobe", name, "-n", namespace, "--wait", "--timeout=60s", timeout=90)
     wait_for("the probe's programs released", lambda: not probe_programs & held_programs(cluster, node), 60)
-    if (loaded := loaded_programs(cluster)) is not None:
+    if probe_programs and (loaded := loaded_programs(cluster)) is not None:
         assert not probe_programs & loaded
+    wait_for("the probe gone from /metrics", lambda: not [
+        line for line in cluster.agent_get(node, "/metrics").splitlines()
+        if f'probe="{name}"' in line and f'namespace="{namespace}"' in line], 30)
 
 
 def test_helm_uninstall_leaves_nothing_behind(cluster: Cluster) -> None:

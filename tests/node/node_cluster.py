@@ -41,6 +41,9 @@ from control_plane import free_port  # noqa: E402
 
 STATE_DIR = Path(os.environ.get("MACE_NODE_DIR", "/var/lib/mace-node"))
 CACHE = Path(os.environ.get("MACE_TOOLS_CACHE", "/var/cache/mace-tools"))
+SOURCE = Path(os.environ.get("MACE_NODE_SOURCE", REPO))
+"""The checkout whose images and chart the node runs (default: this one; e.g. `git archive HEAD` unpacked,
+to test one commit while the working tree changes)."""
 CONTAINERD_ROOT = CACHE / "node-containerd"
 """containerd's root (image content and snapshots) outlives ``down`` like the tools: a warm ``up`` imports
 only images that changed."""
@@ -127,10 +130,8 @@ def tool_env() -> dict[str, str]:
 
 
 def build_images() -> dict[str, str]:
-    """Build or reuse the node's four images (tests/images/build.sh; from the checkout MACE_NODE_IMAGES_FROM
-    names, if set, e.g. a clean export of one commit); reference by image name."""
-    source = Path(os.environ.get("MACE_NODE_IMAGES_FROM", REPO))
-    out = run([str(source / "tests" / "images" / "build.sh"), *IMAGES], timeout=3600)
+    """Build or reuse the node's four images (SOURCE's tests/images/build.sh); reference by image name."""
+    out = run([str(SOURCE / "tests" / "images" / "build.sh"), *IMAGES], timeout=3600)
     refs = dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
     return {name: refs[f"{name.upper()}_IMAGE"] for name in IMAGES}
 
@@ -387,14 +388,21 @@ def install_chart(state: dict[str, Any]) -> None:
     began = time.monotonic()
     registry, tag = image_values(state)
     run([state["tools"]["HELM"], "--kubeconfig", str(KUBECONFIG), "install", "mace",
-         str(REPO / "helm" / "mace"), "-n", SYSTEM_NAMESPACE, "--create-namespace",
+         str(SOURCE / "helm" / "mace"), "-n", SYSTEM_NAMESPACE, "--create-namespace",
          "--set", f"image.registry={registry}", "--set", f"image.tag={tag}",
          "--set", "image.pullPolicy=Never"], timeout=120)
     state["chart"] = True
     save(state)
     for component, selector in COMPONENT_SELECTORS.items():
-        wait_for(f"the {component} pod Ready", lambda s=selector: pods_ready(state, s), UP_TIMEOUT_S,
-                 interval=0.5)
+        try:
+            wait_for(f"the {component} pod Ready", lambda s=selector: pods_ready(state, s), UP_TIMEOUT_S,
+                     interval=0.5)
+        except HarnessError:
+            logs = kubectl(state, "logs", "-n", SYSTEM_NAMESPACE, "-l", selector, "--tail=30", "--previous",
+                           check=False) or kubectl(state, "logs", "-n", SYSTEM_NAMESPACE, "-l", selector,
+                                                   "--tail=30", check=False)
+            print(f"--- {component} pod log\n{logs}", file=sys.stderr)
+            raise
         log(f"{component} Ready {time.monotonic() - began:.1f}s after helm install")
 
 
