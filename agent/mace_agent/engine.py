@@ -44,8 +44,8 @@ from mace_agent.pending import PendingTables
 from mace_agent.summary import DirectionSummary, Snapshot
 from mace_agent.target import Target, TargetError
 
-__all__ = ["Engine", "EngineConfig", "Event", "NodeEngine", "Probe", "ProbeLimitError", "ProbeSpec",
-           "Snapshot"]
+__all__ = ["Engine", "EngineConfig", "Event", "Measurement", "NodeEngine", "Probe", "ProbeLimitError",
+           "ProbeSpec", "Snapshot"]
 
 SWEEP_INTERVAL_S = 1.0
 QUARANTINE_FACTOR = 2
@@ -71,24 +71,44 @@ class ProbeSpec:
     stream: bool = True
 
 
-@dataclass
-class Probe:
-    """A probe in the engine: its slot, layouts, targets and what user space keeps of it."""
+@dataclass(eq=False)
+class Measurement:
+    """One slot of the engine's per-probe maps: what equal probes (same targets, flow specs and outer
+    device) measure together. Each probe reads it from its own start (its baseline)."""
 
-    spec: ProbeSpec
+    key: tuple[Any, ...]
     slot: int
     out: FlowLayout
     inbound: FlowLayout
     layout_ids: tuple[int, int]
+    dev_id: int
     dev_slot: int
     target_keys: tuple[int, ...]
+    netns: int
+    probes: list[Probe] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Probe:
+    """A probe in the engine: its measurement, and what user space keeps of it."""
+
+    spec: ProbeSpec
+    measurement: Measurement
     watch: Target
     exact_values: int
-    baseline: dict[str, int] = field(default_factory=dict)
+    baseline: dict[str, Any] = field(default_factory=dict)
     values: dict[str, list[int]] = field(default_factory=lambda: {d: [] for d in program.DIRECTIONS})
     events: list[Event] = field(default_factory=list)
     max_events: int = 100_000
     events_lost: int = 0
+    rate_limited: int = 0
+    """Events this probe's own budget refused (a shared measurement takes the largest budget)."""
+    _second: int = -1
+    _in_second: int = 0
+
+    @property
+    def target_keys(self) -> tuple[int, ...]:
+        return self.measurement.target_keys
 
     @property
     def scope_fallback(self) -> bool:
@@ -99,6 +119,23 @@ class Probe:
         """Events decoded since the last call (bounded by ``max_events``; the rest are counted lost)."""
         events, self.events = self.events, []
         return events
+
+    def offer(self, event: Event) -> None:
+        """An event of the probe's measurement: kept within the probe's own budget."""
+        second = event.timestamp_ns // 1_000_000_000
+        if second != self._second:
+            self._second, self._in_second = second, 0
+        self._in_second += 1
+        if not self.spec.stream or (self.spec.rate_limit and self._in_second > self.spec.rate_limit):
+            self.rate_limited += self.spec.stream
+            return
+        if len(self.events) < self.max_events:
+            self.events.append(event)
+        else:
+            self.events_lost += 1
+        values = self.values[event.direction]
+        if len(values) < self.exact_values:
+            values.append(event.latency_ns)
 
 
 class _Refcounts:
@@ -145,7 +182,8 @@ class NodeEngine:
         self.decode_errors = 0
         self._bpf: Any = None
         self._lock = threading.RLock()
-        self._probes: dict[int, Probe] = {}
+        self._measurements: dict[tuple[Any, ...], Measurement] = {}
+        self._by_slot: dict[int, Measurement] = {}
         self._free_at: dict[int, float] = {}
         self._layouts = _Refcounts(layout.MAX_LAYOUTS, "flow layout")
         self._devices = _Refcounts(layout.MAX_DEVICES, "outer device")
@@ -225,9 +263,10 @@ class NodeEngine:
     def close(self) -> None:
         """Detach every program and free the maps (idempotent)."""
         with self._lock:
-            for probe in self._probes.values():
+            for probe in self.probes():
                 probe.watch.close()
-            self._probes.clear()
+            self._measurements.clear()
+            self._by_slot.clear()
             if self._bpf is not None:
                 self._bpf.cleanup()
                 self._bpf = None
@@ -236,35 +275,36 @@ class NodeEngine:
 
     def probes(self) -> list[Probe]:
         with self._lock:
-            return list(self._probes.values())
+            return [p for m in self._measurements.values() for p in m.probes]
 
     def _slot(self) -> int:
         now = time.monotonic()
+        used = {m.slot for m in self._measurements.values()}
         for slot in range(self.config.max_probes):
-            if slot not in self._probes and self._free_at.get(slot, 0.0) <= now:
+            if slot not in used and self._free_at.get(slot, 0.0) <= now:
                 self._free_at.pop(slot, None)
                 return slot
         raise ProbeLimitError(f"this node's engine measures its limit of {self.config.max_probes} probes")
 
     def _targets(self, spec: ProbeSpec) -> tuple[int, ...]:
-        pids = spec.pids or (spec.filter.proc_id,)
         if spec.scope is Scope.process:
             return (layout.TGID_KEY | spec.filter.proc_id,)
         keys: list[int] = []
-        for pid in pids:
+        for pid in spec.pids or (spec.filter.proc_id,):
             try:
                 keys.append(cgroup_id(pid))
             except CgroupError:
                 keys.append(layout.TGID_KEY | pid)
-        return tuple(dict.fromkeys(keys))
+        return tuple(sorted(set(keys)))
 
     def add(self, spec: ProbeSpec) -> Probe:
-        """Measure a probe from now on (map writes only).
+        """Measure a probe from now on (map writes only; a probe equal to one measured already
+        shares its slot and reads it from now on).
 
         Raises TargetError (no such process or device), ProbeLimitError (no room), KernelFeatureError
         (UDP ingress on a kernel that cannot measure it).
         """
-        bpf = self._require()
+        self._require()
         flt = spec.filter
         out, inbound = FlowLayout.of(flt.outbound), FlowLayout.of(flt.inbound)
         assert self.hooks is not None
@@ -272,60 +312,81 @@ class NodeEngine:
             raise KernelFeatureError("this kernel lacks the sock:sock_recv_length tracepoint, "
                                      "which measuring UDP's ingress needs")
         watch = Target(flt.proc_id, flt.dev_id)
-        with self._lock:
-            taken: list[tuple[_Refcounts, Any]] = []
+        try:
+            keys = self._targets(spec)
+            with self._lock:
+                key = (keys, flt.outbound, flt.inbound, flt.dev_id)
+                measurement = self._measurements.get(key) \
+                    or self._measure(key, out, inbound, watch.netns_inode)
+                probe = Probe(spec, measurement, watch, self.config.exact_values)
+                probe.baseline = self._raw(measurement)
+                measurement.probes.append(probe)
+                self._write_settings(measurement)
+        except BaseException:
+            watch.close()
+            raise
+        return probe
+
+    def _measure(self, key: tuple[Any, ...], out: FlowLayout, inbound: FlowLayout,
+                 netns: int) -> Measurement:
+        """A new measurement in a free slot, written to the maps (rolled back if it does not fit)."""
+        bpf = self._require()
+        keys, _out_spec, _in_spec, dev_id = key
+        slot = self._slot()
+        taken: list[tuple[_Refcounts, Any]] = []
+        try:
+            dev_slot, _ = self._devices.take(dev_id)
+            taken.append((self._devices, dev_id))
+            ids = []
+            for flow in (out, inbound):
+                layout_id, new = self._layouts.take(flow.spec)
+                taken.append((self._layouts, flow.spec))
+                if new:
+                    bpf[b"layouts"][ctypes.c_uint32(layout_id)] = flow.to_c()
+                ids.append(layout_id)
+            measurement = Measurement(key, slot, out, inbound, (ids[0], ids[1]), dev_id, dev_slot, keys,
+                                      netns)
+            self._reset_slot(slot)
+            self._measurements[key] = measurement
             try:
-                slot = self._slot()
-                keys = self._targets(spec)
-                watch_ns = watch.netns_inode
-                dev_slot, _ = self._devices.take(flt.dev_id)
-                taken.append((self._devices, flt.dev_id))
-                ids = []
-                for flow in (out, inbound):
-                    layout_id, new = self._layouts.take(flow.spec)
-                    taken.append((self._layouts, flow.spec))
-                    if new:
-                        bpf[b"layouts"][ctypes.c_uint32(layout_id)] = flow.to_c()
-                    ids.append(layout_id)
-                probe = Probe(spec, slot, out, inbound, (ids[0], ids[1]), dev_slot, keys, watch,
-                              self.config.exact_values)
-                self._reset_slot(probe)
-                self._probes[slot] = probe
-                try:
-                    self._write_device(flt.dev_id)
-                    for key in keys:
-                        self._write_target(key, watch_ns)
-                except ProbeLimitError:
-                    del self._probes[slot]
-                    self._write_device(flt.dev_id)
-                    for key in keys:
-                        self._write_target(key, watch_ns)
-                    raise
-                probe.baseline = self._group_counts(probe)
-                self._write_flags()
-            except BaseException:
-                for refs, value in reversed(taken):
-                    refs.release(value)
-                watch.close()
+                self._write_maps(measurement)
+            except ProbeLimitError:
+                del self._measurements[key]
+                self._write_maps(measurement)
                 raise
-            return probe
+            self._by_slot[slot] = measurement
+        except BaseException:
+            for refs, value in reversed(taken):
+                refs.release(value)
+            raise
+        return measurement
+
+    def _write_maps(self, measurement: Measurement) -> None:
+        self._write_device(measurement.dev_id)
+        for key in measurement.target_keys:
+            self._write_target(key, measurement.netns)
+        self._write_flags()
 
     def remove(self, probe: Probe) -> None:
-        """Stop measuring a probe (map writes only; its slot is reused after the quarantine)."""
+        """Stop measuring a probe (map writes only; a freed slot is reused after the quarantine)."""
         with self._lock:
-            if self._probes.get(probe.slot) is not probe:
+            measurement = probe.measurement
+            if probe not in measurement.probes:
                 return
-            del self._probes[probe.slot]
-            self._free_at[probe.slot] = time.monotonic() + QUARANTINE_FACTOR * self.config.ttl_s
-            if self._bpf is not None:
-                for key in probe.target_keys:
-                    self._write_target(key, probe.watch.netns_inode)
-                self._write_device(probe.spec.filter.dev_id)
-                for flow in (probe.out, probe.inbound):
-                    self._layouts.release(flow.spec)
-                self._devices.release(probe.spec.filter.dev_id)
-                self._write_flags()
+            measurement.probes.remove(probe)
             probe.watch.close()
+            if self._bpf is None:
+                return
+            if measurement.probes:
+                self._write_settings(measurement)
+                return
+            del self._measurements[measurement.key]
+            self._by_slot.pop(measurement.slot, None)
+            self._free_at[measurement.slot] = time.monotonic() + QUARANTINE_FACTOR * self.config.ttl_s
+            self._write_maps(measurement)
+            for flow in (measurement.out, measurement.inbound):
+                self._layouts.release(flow.spec)
+            self._devices.release(measurement.dev_id)
 
     def set_rate(self, probe: Probe, events_per_second: int) -> None:
         """Change a probe's stream budget (0: none)."""
@@ -333,41 +394,45 @@ class NodeEngine:
             raise ValueError("rate limit must be 0 or positive")
         with self._lock:
             probe.spec = replace(probe.spec, rate_limit=events_per_second)
-            self._write_settings(probe)
+            self._write_settings(probe.measurement)
 
     def set_stream(self, probe: Probe, enabled: bool) -> None:
         """Turn a probe's per-packet event stream on or off (histograms stay on)."""
         with self._lock:
             probe.spec = replace(probe.spec, stream=enabled)
-            self._write_settings(probe)
+            self._write_settings(probe.measurement)
 
     @property
     def bpf(self) -> Any:
         """The loaded bcc object (the benchmarks detach and re-attach its programs)."""
         return self._require()
 
-    def _write_settings(self, probe: Probe) -> None:
-        value = layout.ProbeC(rate_limit=probe.spec.rate_limit, stream=int(probe.spec.stream))
-        self._require()[b"probes"][ctypes.c_uint32(probe.slot)] = value
+    def _write_settings(self, measurement: Measurement) -> None:
+        """The slot's stream and budget: on if any of its probes streams, the largest budget (0: none)."""
+        streaming = [p.spec for p in measurement.probes if p.spec.stream]
+        limits = [s.rate_limit for s in streaming]
+        value = layout.ProbeC(rate_limit=0 if 0 in limits else max(limits, default=0),
+                              stream=int(bool(streaming)))
+        self._require()[b"probes"][ctypes.c_uint32(measurement.slot)] = value
 
-    def _reset_slot(self, probe: Probe) -> None:
+    def _reset_slot(self, slot: int) -> None:
         bpf = self._require()
-        index = ctypes.c_uint32(probe.slot)
+        index = ctypes.c_uint32(slot)
         bpf[b"probe_stats"][index] = layout.ProbeStatsC()
         bpf[b"hist"][index] = bpf[b"hist"].Leaf()
         bpf[b"rate"][index] = layout.RateWindowC()
-        self._write_settings(probe)
+        bpf[b"probes"][index] = layout.ProbeC()
 
     def _write_device(self, ifindex: int) -> None:
-        """Write (or delete) a device's entry from the probes that use it."""
+        """Write (or delete) a device's entry from the measurements that use it."""
         table = self._require()[b"devices"]
-        users = [p for p in self._probes.values() if p.spec.filter.dev_id == ifindex]
+        users = [m for m in self._measurements.values() if m.dev_id == ifindex]
         key = ctypes.c_uint32(ifindex)
         if not users:
             table.pop(key, None)
             return
-        outs = list(dict.fromkeys(p.layout_ids[0] for p in users))
-        ins = list(dict.fromkeys(p.layout_ids[1] for p in users))
+        outs = list(dict.fromkeys(m.layout_ids[0] for m in users))
+        ins = list(dict.fromkeys(m.layout_ids[1] for m in users))
         if len(outs) > layout.DEV_LAYOUTS or len(ins) > layout.DEV_LAYOUTS:
             raise ProbeLimitError(f"device {ifindex} already carries {layout.DEV_LAYOUTS} different "
                                   "flow specs in one direction")
@@ -379,9 +444,10 @@ class NodeEngine:
         table[key] = value
 
     def _write_target(self, key: int, netns: int) -> None:
-        """Write (or delete) a target's entry from the probes that measure it."""
+        """Write (or delete) a target's entry from the measurements that include it."""
         table = self._require()[b"targets"]
-        users = sorted((p for p in self._probes.values() if key in p.target_keys), key=lambda p: p.slot)
+        users = sorted((m for m in self._measurements.values() if key in m.target_keys),
+                       key=lambda m: m.slot)
         ckey = ctypes.c_uint64(key)
         if not users:
             table.pop(ckey, None)
@@ -389,16 +455,17 @@ class NodeEngine:
         value = layout.TargetC(netns=netns)
         for direction, groups_name, count_name in ((0, "out", "n_out"), (1, "in_", "n_in")):
             groups: dict[tuple[int, int], int] = {}
-            for p in users:
-                group = (p.layout_ids[direction], p.dev_slot)
+            for m in users:
+                group = (m.layout_ids[direction], m.dev_slot)
                 if group in groups:
-                    raise ProbeLimitError("another probe measures this pod with the same "
-                                          f"{program.DIRECTIONS[direction]} flow spec; one packet id "
-                                          "can belong to one probe of a pod only")
-                groups[group] = p.slot
+                    raise ProbeLimitError(f"another probe measures this pod with the same "
+                                          f"{program.DIRECTIONS[direction]} flow spec but a different one "
+                                          "the other way: give both probes the same flow specs, or "
+                                          "other fields")
+                groups[group] = m.slot
             if len(groups) > layout.TARGET_GROUPS:
-                raise ProbeLimitError(f"this pod already has the most probes one pod takes "
-                                      f"({layout.TARGET_GROUPS})")
+                raise ProbeLimitError(f"this pod already has {layout.TARGET_GROUPS} probes with different "
+                                      "flow specs, the most one pod takes")
             array = getattr(value, groups_name)
             for i, ((lid, dev), slot) in enumerate(groups.items()):
                 array[i].layout, array[i].dev, array[i].slot = lid, dev, slot
@@ -406,7 +473,7 @@ class NodeEngine:
         table[ckey] = value
 
     def _write_flags(self) -> None:
-        processes = any(k & layout.TGID_KEY for p in self._probes.values() for k in p.target_keys)
+        processes = any(k & layout.TGID_KEY for m in self._measurements.values() for k in m.target_keys)
         self._require()[b"flags"][ctypes.c_uint32(0)] = ctypes.c_uint64(int(processes))
 
     # -- events ---------------------------------------------------------------------------------
@@ -416,20 +483,15 @@ class NodeEngine:
             self.decode_errors += 1
             return
         raw = layout.EventC.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(layout.EventC)))
-        probe = self._probes.get(raw.probe)
-        if probe is None or raw.direction >= len(program.DIRECTIONS):
-            self.decode_errors += probe is not None
+        measurement = self._by_slot.get(raw.probe)
+        if measurement is None or raw.direction >= len(program.DIRECTIONS):
+            self.decode_errors += measurement is not None
             return
-        direction = program.DIRECTIONS[raw.direction]
-        flow = probe.out if raw.direction == 0 else probe.inbound
-        if len(probe.events) < probe.max_events:
-            probe.events.append(Event(direction, raw.latency, raw.ts_end, raw.pid, raw.tid,
-                                      flow.decode_info(bytes(raw.info))))
-        else:
-            probe.events_lost += 1
-        values = probe.values[direction]
-        if len(values) < probe.exact_values:
-            values.append(raw.latency)
+        flow = measurement.out if raw.direction == 0 else measurement.inbound
+        event = Event(program.DIRECTIONS[raw.direction], raw.latency, raw.ts_end, raw.pid, raw.tid,
+                      flow.decode_info(bytes(raw.info)))
+        for probe in measurement.probes:
+            probe.offer(event)
 
     def poll(self, timeout_s: float) -> None:
         """Read the events that arrive within ``timeout_s`` into their probes (see take_events)."""
@@ -448,40 +510,45 @@ class NodeEngine:
                 self._pending.sweep(time.monotonic_ns(), int(self.config.ttl_s * 1e9))
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
-    def _group_counts(self, probe: Probe) -> dict[str, int]:
-        """The counters of the probe's (device, ingress layout) pair, shared with its other users."""
-        raw = self._require()[b"group_stats"][ctypes.c_uint32(probe.dev_slot * layout.MAX_LAYOUTS
-                                                              + probe.layout_ids[1])]
-        counts = layout.counters_of(raw, layout.GROUP_COUNTERS)
+    def _raw(self, m: Measurement) -> dict[str, Any]:
+        """A measurement's counters and histograms now (what a probe's baseline and snapshots read)."""
+        bpf = self._require()
         assert self._pending is not None
-        counts["in_expired"] = self._pending.rx_expired[(probe.layout_ids[1], probe.dev_slot)]
+        index = ctypes.c_uint32(m.slot)
+        counts: dict[str, Any] = layout.counters_of(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS)
+        group = ctypes.c_uint32(m.dev_slot * layout.MAX_LAYOUTS + m.layout_ids[1])
+        counts |= layout.counters_of(bpf[b"group_stats"][group], layout.GROUP_COUNTERS)
+        counts["in_expired"] = self._pending.rx_expired[(m.layout_ids[1], m.dev_slot)]
+        counts["out_expired"] = self._pending.tx_expired[m.slot]
+        counts["hist"] = [int(v) for v in bpf[b"hist"][index].b]
         return counts
 
     def snapshot(self, probe: Probe) -> Snapshot:
-        """A probe's summaries, histograms and counters now (runs a sweep first)."""
-        bpf = self._require()
+        """A probe's summaries, histograms and counters since it was added (runs a sweep first)."""
         self.sweep()
         with self._lock:
-            index = ctypes.c_uint32(probe.slot)
-            counters = layout.counters_of(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS)
-            raw_hist = bpf[b"hist"][index]
-            buckets = [int(v) for v in raw_hist.b]
-            group = self._group_counts(probe)
+            m = probe.measurement
+            now = self._raw(m)
             assert self._pending is not None
-            pending = self._pending
-            for name in ("in_inserted", "in_duplicate", "in_taken", "in_expired"):
-                counters[name] = group[name] - probe.baseline.get(name, 0)
-            counters["out_expired"] = pending.tx_expired[probe.slot]
-            counters["out_pending"] = pending.tx_live[probe.slot]
-            counters["in_pending"] = pending.rx_live[(probe.layout_ids[1], probe.dev_slot)]
-        counters["out_evicted"] = max(0, counters["out_inserted"] - counters["out_matched"]
-                                      - counters["out_expired"] - counters["out_pending"])
-        counters["in_evicted"] = max(0, counters["in_inserted"] - counters["in_taken"]
-                                     - counters["in_expired"] - counters["in_pending"])
-        counters["decode_errors"] = self.decode_errors
-        counters["events_lost"] = probe.events_lost
+            out_pending = self._pending.tx_live[m.slot]
+            in_pending = self._pending.rx_live[(m.layout_ids[1], m.dev_slot)]
+        base = probe.baseline
+        counters = {k: v - base.get(k, 0) for k, v in now.items() if k != "hist"}
+        buckets = [a - b for a, b in zip(now["hist"], base["hist"], strict=True)]
         hists = {d: tuple(buckets[i * histogram.BUCKETS:(i + 1) * histogram.BUCKETS])
                  for i, d in enumerate(program.DIRECTIONS)}
+        for d in program.DIRECTIONS:  # a maximum cannot be subtracted: bound it by the probe's buckets
+            top = max((i for i, n in enumerate(hists[d]) if n), default=None)
+            counters[f"{d}_max"] = 0 if top is None else min(now[f"{d}_max"], histogram.bounds(top)[1] - 1) \
+                if base[f"{d}_count"] else now[f"{d}_max"]
+        counters["rate_limited"] += probe.rate_limited
+        counters["out_pending"], counters["in_pending"] = out_pending, in_pending
+        counters["out_evicted"] = max(0, counters["out_inserted"] - counters["out_matched"]
+                                      - counters["out_expired"] - out_pending)
+        counters["in_evicted"] = max(0, counters["in_inserted"] - counters["in_taken"]
+                                     - counters["in_expired"] - in_pending)
+        counters["decode_errors"] = self.decode_errors
+        counters["events_lost"] = probe.events_lost
         summaries = {
             d: DirectionSummary.build(counters[f"{d}_count"], counters[f"{d}_sum"], counters[f"{d}_max"],
                                       hists[d], probe.values[d])

@@ -182,6 +182,25 @@ class Cluster:
         record = Path(self.env["KUBECONFIG"]).parent / "pods" / "mace-system_mace-agent-harness.json"
         return int(json.loads(record.read_text())["pid"])
 
+    def agent_map_entries(self, name: str) -> int:
+        """Entries in the agent's eBPF map called ``name`` (bpftool's view of the kernel's map)."""
+        pid = self.agent_pid()
+        for fd in Path(f"/proc/{pid}/fd").iterdir():
+            try:
+                if os.readlink(fd) != "anon_inode:bpf-map":
+                    continue
+                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
+            except FileNotFoundError:
+                continue
+            map_id = next(int(line.split()[1]) for line in info.splitlines() if line.startswith("map_id:"))
+            shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
+                                              capture_output=True, text=True, check=True).stdout)
+            if shown.get("name") == name:
+                dump = subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)],
+                                      capture_output=True, text=True, check=True).stdout
+                return len(json.loads(dump))
+        raise AssertionError(f"the agent holds no eBPF map called {name}")
+
     def agent_programs(self) -> set[int]:
         """IDs of the eBPF programs the agent process holds open."""
         pid = self.agent_pid()

@@ -37,18 +37,21 @@ def test_two_probes_on_two_pods_see_only_their_own_packets(cluster: Cluster, nam
     assert fast_status["results"]["matched"] > slow_status["results"]["matched"]
 
 
-def test_deleting_a_probe_detaches_its_programs(cluster: Cluster, namespace: str) -> None:
+def test_deleting_a_probe_removes_its_entries_and_nothing_else(cluster: Cluster, namespace: str) -> None:
+    """The node's one program set stays attached as probes come and go; a probe is map entries."""
     cluster.ping_pod(namespace, "pinger")
-    before = cluster.agent_programs()
+    programs = cluster.agent_programs()
+    assert programs, "the agent attached no eBPF programs at start"
+    targets = cluster.agent_map_entries("targets")
     cluster.create_probe(namespace, "short-lived", "pinger")
     cluster.wait_samples(namespace, "short-lived")
-    programs = cluster.agent_programs() - before
-    assert programs, "the agent holds no new eBPF programs for a Measuring probe"
-    assert all(_kernel_has(p) for p in programs)
+    assert cluster.agent_programs() == programs, "adding a probe loaded or unloaded programs"
+    assert cluster.agent_map_entries("targets") == targets + 1  # the pod's container cgroup
     cluster.delete_probe(namespace, "short-lived")
-    wait_for("the probe's programs to be detached and freed",
-             lambda: not any(_kernel_has(p) for p in programs), 15)
-    assert not programs & cluster.agent_programs()
+    wait_for("the probe's target entry to be removed",
+             lambda: cluster.agent_map_entries("targets") == targets, 15)
+    assert cluster.agent_programs() == programs
+    assert all(_kernel_has(p) for p in programs)
 
 
 def test_agent_restart_resumes_probes(cluster: Cluster, namespace: str) -> None:

@@ -186,7 +186,7 @@ class Measurer:
         run.attach_seconds = time.monotonic() - began
         with self._lock:
             run.probe = probe
-            self._runs[probe.slot] = run
+            self._runs[id(run)] = run
         run.took(self.engine.snapshot(probe), time.monotonic())
         run.state = MEASURING
 
@@ -197,7 +197,7 @@ class Measurer:
                 self._waiting.remove(run)
             probe, run.probe = run.probe, None
             if probe is not None:
-                self._runs.pop(probe.slot, None)
+                self._runs.pop(id(run), None)
         if probe is not None:
             try:
                 run.snapshot = self.engine.snapshot(probe)
