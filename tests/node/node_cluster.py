@@ -598,7 +598,10 @@ def main(argv: list[str]) -> int:
     logs = sub.add_parser("logs", help="print a component's log")
     logs.add_argument("component")
     sub.add_parser("down", help="remove everything up made")
-    args = parser.parse_args(argv)
+    passthrough = argv[0] if argv and argv[0] in ("kubectl", "helm", "exec-node") else None
+    args = parser.parse_args(argv[:1] if passthrough else argv)
+    if passthrough:
+        args.args = argv[1:]  # every word after the command is the tool's, options too
     try:
         if args.command in ("up", "down", "exec-node") and os.geteuid() != 0:
             raise HarnessError(f"{args.command} needs root (namespaces, cgroups, containerd)")
