@@ -33,6 +33,8 @@ DEFAULT_AGENT_NAMESPACE = "mace-system"
 MEASURE_LABEL = {"app.kubernetes.io/managed-by": "kubectl-mace"}
 DELETE_WAIT_S = 20.0
 STOP_MARGIN_S = 60
+ERROR_GRACE_S = 10.0
+"""A measure whose agent reports Error for this long gives up (with the agent's message)."""
 """A measure with --duration S creates its probe with durationSeconds S + this."""
 FLOWS = {
     "icmp": ({"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]},
@@ -266,6 +268,8 @@ def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
         print(f"created latencyprobe {namespace}/{name}", file=sys.stderr, flush=True)
         watcher = Watcher(kube, namespace, name, args.agent_namespace)
 
+        error_since: list[float] = []
+
         def render() -> RenderableType:
             frame = watcher.frame()
             status = frame.probe.get("status") or {}
@@ -273,6 +277,14 @@ def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
                 reasons = [f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
                            if c.get("status") == "False"]
                 raise PluginError(f"latencyprobe {namespace}/{name} failed: {'; '.join(reasons[:1])}")
+            # An agent error that outlasts the operator's re-resolve (a restarted container) ends the measure.
+            if frame.results.get("state") == "Error":
+                error_since[:] = error_since or [time.monotonic()]
+                if time.monotonic() - error_since[0] >= ERROR_GRACE_S:
+                    raise PluginError(f"latencyprobe {namespace}/{name}: its agent reports an error: "
+                                      f"{frame.results.get('message') or 'no message'}")
+            else:
+                error_since.clear()
             return watch_view(frame)
 
         console, plain = _console(args)

@@ -101,13 +101,27 @@ def test_missing_probe_or_pod_is_a_clear_error(cluster: Cluster, measured: Measu
 
 
 def test_measure_creates_its_probe_and_deletes_it_at_the_end(cluster: Cluster, measured: Measured) -> None:
-    done = plugin(cluster, "measure", measured.pod, "-n", measured.namespace, "--icmp", "--duration", "10")
+    cluster.ping_pod(measured.namespace, "pinger2")
+    try:
+        done = plugin(cluster, "measure", "pinger2", "-n", measured.namespace, "--icmp", "--duration", "10")
+    finally:
+        cluster.delete_pod(measured.namespace, "pinger2")
     assert done.returncode == 0, done.stderr
     created = done.stderr.split("created latencyprobe ", 1)[1].split()[0]
-    assert created.startswith(f"{measured.namespace}/measure-{measured.pod}-"), done.stderr
+    assert created.startswith(f"{measured.namespace}/measure-pinger2-"), done.stderr
     assert f"deleted latencyprobe {created}" in done.stderr
     last = latency_rows(frames(done.stdout)[-1])
     assert last[("egress", "start")].count > 0 and last[("ingress", "start")].count > 0, done.stdout
+    assert not measure_probes(cluster, measured.namespace)
+
+
+def test_measure_of_an_already_measured_flow_ends_with_the_agents_error(cluster: Cluster,
+                                                                        measured: Measured) -> None:
+    """The pod's ICMP is measured by the module's probe already: the agent refuses a second one."""
+    done = plugin(cluster, "measure", measured.pod, "-n", measured.namespace, "--icmp", timeout=90)
+    assert done.returncode == 1, done
+    assert "its agent reports an error: " in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert "deleted latencyprobe" in done.stderr
     assert not measure_probes(cluster, measured.namespace)
 
 
