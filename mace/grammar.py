@@ -177,14 +177,6 @@ def parse(text: str) -> ProtocolFilter:
         raise FilterError(_validation_problems(error)) from None
 
 
-def validate(data: object) -> ProtocolFilter:
-    """Validate a filter given as JSON-like data, raising :class:`FilterError` like :func:`parse`."""
-    try:
-        return ProtocolFilter.model_validate(data)
-    except ValidationError as error:
-        raise FilterError(_validation_problems(error)) from None
-
-
 def render_flow_spec(spec: FlowSpec) -> str:
     """Canonical text of a flow spec: ``corr: a b info: c``."""
     corr = " ".join(f.value for f in spec.corr)

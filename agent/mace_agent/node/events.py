@@ -27,7 +27,6 @@ class Subscription:
     def __init__(self, probe: str | None, size: int) -> None:
         self.probe = probe
         self.lines: queue.Queue[dict[str, Any]] = queue.Queue(maxsize=size)
-        self.lost = 0
 
 
 class EventHub:
@@ -73,6 +72,5 @@ class EventHub:
                 try:
                     sub.lines.put_nowait({"probe": probe, **event.to_dict()})
                 except queue.Full:
-                    sub.lost += 1
                     with self._lock:
                         self.lost_total += 1
