@@ -24,7 +24,7 @@ from mace_agent.config import EngineConfig, add_vxlan_ports_option
 from mace_agent.engine import Engine, NodeEngine, ProbeLimitError
 from mace_agent.kernel import KernelFeatureError
 from mace_agent.node.cli import register, serve
-from mace_agent.summary import DirectionSummary, Snapshot
+from mace_agent.summary import LatencySummary, Snapshot
 from mace_agent.target import TargetError
 
 EXIT_BAD_INPUT = 2
@@ -73,7 +73,7 @@ class _Stop:
         self.requested = True
 
 
-def _direction_text(name: str, s: DirectionSummary) -> str:
+def _direction_text(name: str, s: LatencySummary) -> str:
     return (f"{name}: n={s.count} p50={s.p50_ns / 1e3:.1f}us p90={s.p90_ns / 1e3:.1f}us "
             f"p99={s.p99_ns / 1e3:.1f}us max={s.max_ns / 1e3:.1f}us")
 

@@ -41,7 +41,7 @@ from mace_agent.hooks import KernelHooks
 from mace_agent.kernel import KernelFeatureError
 from mace_agent.offsets import KernelOffsets
 from mace_agent.pending import PendingTables
-from mace_agent.summary import DirectionSummary, Snapshot
+from mace_agent.summary import LatencySummary, Snapshot
 from mace_agent.target import Target, TargetError
 
 __all__ = ["Engine", "EngineConfig", "Event", "Measurement", "NodeEngine", "Probe", "ProbeLimitError",
@@ -550,7 +550,7 @@ class NodeEngine:
         counters["decode_errors"] = self.decode_errors
         counters["events_lost"] = probe.events_lost
         summaries = {
-            d: DirectionSummary.build(counters[f"{d}_count"], counters[f"{d}_sum"], counters[f"{d}_max"],
+            d: LatencySummary.build(counters[f"{d}_count"], counters[f"{d}_sum"], counters[f"{d}_max"],
                                       hists[d], probe.values[d])
             for d in program.DIRECTIONS
         }

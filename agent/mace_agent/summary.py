@@ -12,7 +12,7 @@ PERCENTILES = (50, 90, 99)
 
 
 @dataclass(frozen=True)
-class DirectionSummary:
+class LatencySummary:
     """Latency summary of one direction; ``exact`` tells whether percentiles come from every
     value (all events seen in user space) or from the in-kernel histogram."""
 
@@ -26,7 +26,7 @@ class DirectionSummary:
 
     @classmethod
     def build(cls, count: int, total: int, maximum: int, buckets: Sequence[int],
-              values: Sequence[int] | None) -> DirectionSummary:
+              values: Sequence[int] | None) -> LatencySummary:
         """From the kernel's count/sum/max and histogram, and the exact values when complete."""
         exact = values is not None and len(values) == count
         if exact and values is not None:
@@ -52,7 +52,7 @@ class Snapshot:
     the pending table by newer packets).
     """
 
-    directions: Mapping[str, DirectionSummary]
+    directions: Mapping[str, LatencySummary]
     histograms: Mapping[str, tuple[int, ...]]
     counters: Mapping[str, int]
 
@@ -67,7 +67,7 @@ class Snapshot:
         """Measured packets whose event was lost (ring buffer full, receive batch full)."""
         return self.counters["ringbuf_dropped"] + self.counters["in_batch_overflow"]
 
-    def since(self, earlier: Snapshot) -> dict[str, DirectionSummary]:
+    def since(self, earlier: Snapshot) -> dict[str, LatencySummary]:
         """Per-direction summaries of the packets measured between ``earlier`` and this snapshot
         (from the histograms; max is the top of the highest bucket, capped at the overall max)."""
         result = {}
@@ -77,7 +77,7 @@ class Snapshot:
             top = max((i for i, n in enumerate(counts) if n), default=None)
             maximum = 0 if top is None else min(histogram.bounds(top)[1] - 1, overall)
             total = self.counters[f"{d}_sum"] - earlier.counters[f"{d}_sum"]
-            result[d] = DirectionSummary.build(sum(counts), total, maximum, counts, None)
+            result[d] = LatencySummary.build(sum(counts), total, maximum, counts, None)
         return result
 
     def to_dict(self) -> dict[str, object]:

@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import ValidationError
 
-from mace.models import IFINDEX_MAX, PID_MAX
-from mace.probe import MAX_PROC_IDS, Reason
+from mace.probe import Reason
+from mace.resolve import Resolution, ResolveFailure, ResolveRequest
 
 AGENT_LABELS = {"app.kubernetes.io/name": "mace-agent", "app.kubernetes.io/component": "agent"}
 """Labels that mark a Pod as a Mace agent."""
@@ -79,19 +79,6 @@ def select_agent(pods: Iterable[Mapping[str, Any]], node: str) -> AgentEndpoint 
     return endpoints[0] if endpoints else None
 
 
-class Resolution(BaseModel):
-    """The agent's answer to ``POST /resolve``: what only the node knows about the pod."""
-
-    model_config = ConfigDict(populate_by_name=True, extra="ignore", frozen=True)
-
-    proc_ids: tuple[int, ...] = Field(alias="procIds", min_length=1, max_length=MAX_PROC_IDS)
-    proc_id: int = Field(alias="procId", ge=1, le=PID_MAX)
-    veth_ifindex: int = Field(alias="vethIfindex", ge=1, le=IFINDEX_MAX)
-    veth_name: str = Field(alias="vethName", max_length=15)
-    outer_ifindex: int = Field(alias="outerIfindex", ge=1, le=IFINDEX_MAX)
-    outer_device: str = Field(alias="outerDevice", max_length=15)
-
-
 class ResolveError(Exception):
     """The agent could not resolve the pod: ``reason`` is ResolveFailed (the agent said why)
     or AgentError (the agent could not be asked, or answered nonsense)."""
@@ -137,7 +124,8 @@ class AgentClient:
         """Ask ``agent`` for the PIDs, veth and outer device of a pod; raise :class:`ResolveError`."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        body = {"containerIDs": list(container_ids), "podIP": pod_ip, "outerDevice": outer_device}
+        body = ResolveRequest(container_ids=tuple(container_ids), pod_ip=pod_ip,
+                              outer_device=outer_device).model_dump(mode="json", by_alias=True)
         try:
             headers = self.tokens.header()
         except OSError as error:
@@ -160,7 +148,10 @@ class AgentClient:
                 raise ResolveError(Reason.AgentError, f"{where} answered an invalid resolution: "
                                    f"{error.errors()[0]['msg']}") from None
         if status in (404, 422) and isinstance(answer, dict):
-            reason = str(answer.get("reason") or "Unknown")
-            raise ResolveError(Reason.ResolveFailed, f"{reason}: {answer.get('message') or ''}".strip())
+            try:
+                failure = ResolveFailure.model_validate(answer)
+            except ValidationError:
+                failure = ResolveFailure(reason="Unknown", message=raw[:200].decode(errors="replace"))
+            raise ResolveError(Reason.ResolveFailed, f"{failure.reason}: {failure.message}".strip())
         text = raw[:200].decode(errors="replace").strip()
         raise ResolveError(Reason.AgentError, f"{where} answered HTTP {status}: {text}")

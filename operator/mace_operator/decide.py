@@ -12,8 +12,8 @@ from pydantic import ValidationError
 from mace.grammar import render
 from mace.models import ProtocolFilter
 from mace.probe import OPERATOR_STATUS_KEYS, ConditionType, LatencyProbeSpec, Phase, Reason, ResultsState
+from mace.resolve import Resolution
 from mace.safety import UnsafeFlowSpec
-from mace_operator.agents import Resolution
 from mace_operator.conditions import condition, parse_time, rfc3339
 from mace_operator.pods import PodTarget
 

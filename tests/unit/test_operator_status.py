@@ -6,7 +6,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from mace_operator.agents import Resolution
 from mace_operator.conditions import condition, rfc3339
 from mace_operator.decide import (
     Outcome,
@@ -31,6 +30,7 @@ from mace.probe import (
     Phase,
     Reason,
 )
+from mace.resolve import Resolution
 
 T0 = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 SPEC = {"pod": "pinger", "in": {"corr": ["icmp_seq", "icmp_id"], "info": ["icmp_seq"]},

@@ -240,9 +240,9 @@ def test_full_resolve_in_a_cgroup_and_a_pod_namespace(topo: Topology, cgroups: C
     got = _in_node(topo, lambda: resolver.resolve([f"containerd://{ident}"], topo.pod.ipv4))
     assert got.proc_ids == (proc.pid,)
     assert got.proc_id == proc.pid
-    assert got.veth.name == topo.pod.host_veth
-    assert got.outer.ifindex == topo.uplink_ifindex
-    assert got.as_json()["outerDevice"] == topo.remote.uplink
+    assert got.veth_name == topo.pod.host_veth
+    assert got.outer_ifindex == topo.uplink_ifindex
+    assert got.model_dump(by_alias=True)["outerDevice"] == topo.remote.uplink
 
 
 def test_lookup_failures_are_clear(topo: Topology, cgroups: Cgroups) -> None:

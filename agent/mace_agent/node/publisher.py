@@ -93,11 +93,8 @@ class Publisher:
         if run_since[1] is None and run.snapshot is not None:
             run_since = (run, now_rfc3339())
         self._since[key] = run_since
-        body = results(state, run.message, self.node, run.snapshot, run_since[1])
-        body["heartbeatSeconds"] = self.heartbeat
-        if run.probe is not None:
-            body["scope"], body["targets"] = run.scope, run.targets
-        return body
+        return results(state, run.message, self.node, run.snapshot, run_since[1], heartbeat=self.heartbeat,
+                       scope=run.scope, targets=run.targets)
 
     def _final(self, item: Retired) -> bool:
         if item.run is None:

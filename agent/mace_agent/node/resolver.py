@@ -22,6 +22,7 @@ from typing import Any
 
 from pyroute2 import IPRoute
 
+from mace.resolve import Resolution
 from mace_agent.node.netns import run_in_netns
 
 PROC = "/proc"
@@ -48,22 +49,6 @@ class Device:
 
     ifindex: int
     name: str
-
-
-@dataclass(frozen=True)
-class Resolution:
-    """Everything ``POST /resolve`` answers."""
-
-    proc_ids: tuple[int, ...]
-    proc_id: int
-    veth: Device
-    outer: Device
-
-    def as_json(self) -> dict[str, Any]:
-        """The contract's response body."""
-        return {"procIds": list(self.proc_ids), "procId": self.proc_id,
-                "vethIfindex": self.veth.ifindex, "vethName": self.veth.name,
-                "outerIfindex": self.outer.ifindex, "outerDevice": self.outer.name}
 
 
 # -- containers and processes ---------------------------------------------------------------------
@@ -251,7 +236,8 @@ def outer_device(name: str | None = None) -> Device:
 # -- the whole lookup -------------------------------------------------------------------------------
 
 def resolve(container_refs: Sequence[str], pod_ip: str, outer: str | None = None) -> Resolution:
-    """Resolve containers + pod IP (+ optional outer device name) into PIDs, host veth and outer device."""
+    """Resolve containers + pod IP (+ optional outer device name) into PIDs, host veth and outer device
+    (the ``/resolve`` answer)."""
     if not container_refs:
         raise ResolveError("BadRequest", "containerIDs is empty", 422)
     ids = [parse_container_id(ref) for ref in container_refs]
@@ -262,5 +248,6 @@ def resolve(container_refs: Sequence[str], pod_ip: str, outer: str | None = None
             raise ResolveError("NoProcesses", f"container {container_refs[0]} has no processes on this node")
         raise ResolveError("ContainerNotFound", f"container {container_refs[0]} is not on this node")
     pids = tuple(sorted({pid for ident in ids for pid in found[ident]}))
-    return Resolution(proc_ids=pids, proc_id=first[0], veth=pod_veth(first[0], pod_ip),
-                      outer=outer_device(outer))
+    veth, device = pod_veth(first[0], pod_ip), outer_device(outer)
+    return Resolution(proc_ids=pids, proc_id=first[0], veth_ifindex=veth.ifindex, veth_name=veth.name,
+                      outer_ifindex=device.ifindex, outer_device=device.name)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mace_agent.summary import DirectionSummary, Snapshot
+from mace.probe import MAX_MESSAGE_CHARS, DirectionSummary, ProbeResults, ResultsState, Scope
+from mace_agent.summary import LatencySummary, Snapshot
 
 DIRECTION_KEYS = (("out", "egress"), ("in", "ingress"))
 """Engine direction -> results/metrics name."""
@@ -21,30 +22,28 @@ def human_ns(ns: int) -> str:
     return f"{ns / 1e9:.2f}s"
 
 
-def direction(summary: DirectionSummary) -> dict[str, Any]:
+def direction(summary: LatencySummary) -> DirectionSummary:
     """One direction's summary in the status's shape (percentiles only once there are samples)."""
     if summary.count == 0:
-        return {"count": 0, "p50Ns": None, "p90Ns": None, "p99Ns": None, "maxNs": None, "p50": None}
-    return {"count": summary.count, "p50Ns": summary.p50_ns, "p90Ns": summary.p90_ns,
-            "p99Ns": summary.p99_ns, "maxNs": summary.max_ns, "p50": human_ns(summary.p50_ns)}
+        return DirectionSummary(count=0)
+    return DirectionSummary(count=summary.count, p50_ns=summary.p50_ns, p90_ns=summary.p90_ns,
+                            p99_ns=summary.p99_ns, max_ns=summary.max_ns, p50=human_ns(summary.p50_ns))
 
 
-def results(state: str, message: str | None, node: str, snapshot: Snapshot | None,
-            since: str | None = None) -> dict[str, Any]:
-    """The ``results`` object without ``updated`` (the publisher adds it when it writes); ``since`` is
-    when the snapshot's counting began.
+def results(state: str, message: str | None, node: str, snapshot: Snapshot | None, since: str | None = None,
+            *, heartbeat: int | None = None, scope: Scope | None = None,
+            targets: int | None = None) -> dict[str, Any]:
+    """The ``results`` object (a :class:`~mace.probe.ProbeResults`) without ``updated`` (the publisher
+    adds it when it writes); ``since`` is when the snapshot's counting began.
 
     Absent values are explicit nulls so that a JSON merge patch clears what an earlier write set.
     """
-    body: dict[str, Any] = {"state": state, "message": message, "node": node,
-                            "since": since if snapshot is not None else None}
-    if snapshot is None:
-        body.update(egress=None, ingress=None, matched=None, unmatched=None, dropped=None, rateLimited=None)
-        return body
-    for engine_dir, name in DIRECTION_KEYS:
-        body[name] = direction(snapshot.directions[engine_dir])
-    body["matched"] = sum(snapshot.directions[d].count for d, _ in DIRECTION_KEYS)
-    body["unmatched"] = snapshot.unmatched
-    body["dropped"] = snapshot.dropped
-    body["rateLimited"] = snapshot.counters["rate_limited"]
-    return body
+    fields: dict[str, Any] = {}
+    if snapshot is not None:
+        fields = {name: direction(snapshot.directions[engine_dir]) for engine_dir, name in DIRECTION_KEYS}
+        fields |= {"matched": sum(snapshot.directions[d].count for d, _ in DIRECTION_KEYS),
+                   "unmatched": snapshot.unmatched, "dropped": snapshot.dropped,
+                   "rate_limited": snapshot.counters["rate_limited"], "since": since}
+    body = ProbeResults(state=ResultsState(state), message=message and message[:MAX_MESSAGE_CHARS], node=node,
+                        heartbeat_seconds=heartbeat, scope=scope, targets=targets, **fields)
+    return body.model_dump(mode="json", by_alias=True, exclude={"updated"})

@@ -27,9 +27,10 @@ from queue import Empty
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlsplit
 
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
-from mace.probe import DeviceName
+from mace.probe import MAX_MESSAGE_CHARS
+from mace.resolve import ResolveFailure, ResolveRequest
 from mace_agent.node import metrics, resolver
 from mace_agent.node.events import TooManySubscribers
 
@@ -40,7 +41,6 @@ log = logging.getLogger("mace_agent.node.server")
 
 MAX_CONNECTIONS = 64
 MAX_BODY = 64 * 1024
-MAX_CONTAINERS = 64
 READ_TIMEOUT_S = 10.0
 """Longest wait for one read from a client."""
 REQUEST_DEADLINE_S = 10.0
@@ -48,7 +48,6 @@ REQUEST_DEADLINE_S = 10.0
 under ``READ_TIMEOUT_S`` per read, never longer than this in all)."""
 MAX_STREAM_S = 24 * 3600.0
 GET_PATHS = ("/healthz", "/readyz", "/metrics", "/events")
-_DEVICE_NAME: TypeAdapter[str] = TypeAdapter(DeviceName)
 
 
 class AgentHTTPServer(ThreadingHTTPServer):
@@ -155,7 +154,8 @@ class Handler(BaseHTTPRequestHandler):
         self._reply(status, json.dumps(data).encode() + b"\n", "application/json")
 
     def _error(self, status: int, reason: str, message: str) -> None:
-        self._json(status, {"reason": reason, "message": message})
+        self._json(status, ResolveFailure(reason=reason, message=message[:MAX_MESSAGE_CHARS])
+                   .model_dump(mode="json"))
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -281,19 +281,22 @@ class Handler(BaseHTTPRequestHandler):
         except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
             self._error(400, "BadRequest", "body is not JSON (UTF-8, nested at most a few hundred deep)")
             return
-        problem = _check_request(body)
-        if problem:
-            self._error(422, "BadRequest", problem)
+        try:
+            request = ResolveRequest.model_validate(body)
+        except ValidationError as error:
+            first = error.errors()[0]
+            where = ".".join(str(part) for part in first["loc"]) or "body"
+            self._error(422, "BadRequest", f"{where}: {first['msg']}")
             return
         try:
-            answer = resolver.resolve(body["containerIDs"], body["podIP"], body.get("outerDevice"))
+            answer = resolver.resolve(request.container_ids, request.pod_ip, request.outer_device)
         except resolver.ResolveError as error:
             self._error(error.status, error.reason, error.message)
             return
         except OSError as error:
             self._error(500, "InternalError", f"lookup failed: {error}")
             return
-        self._json(200, answer.as_json())
+        self._json(200, answer.model_dump(mode="json", by_alias=True))
 
     def _read_body(self, length: int) -> bytes:
         """Up to ``length`` bytes of body: fewer if the client stops sending (or the deadline ends it)."""
@@ -309,22 +312,3 @@ class Handler(BaseHTTPRequestHandler):
         except TimeoutError:
             pass
         return b"".join(chunks)
-
-
-def _check_request(body: Any) -> str | None:
-    """What is wrong with a /resolve request body (None if nothing)."""
-    if not isinstance(body, dict):
-        return "body must be a JSON object"
-    ids = body.get("containerIDs")
-    if not isinstance(ids, list) or not ids or len(ids) > MAX_CONTAINERS \
-            or not all(isinstance(i, str) for i in ids):
-        return f"containerIDs must be a list of 1 to {MAX_CONTAINERS} strings"
-    if not isinstance(body.get("podIP"), str):
-        return "podIP must be a string"
-    outer = body.get("outerDevice")
-    if outer is not None:
-        try:
-            _DEVICE_NAME.validate_python(outer, strict=True)
-        except ValidationError:
-            return "outerDevice must be null or a device name Linux accepts (1-15 bytes, not . or ..)"
-    return None
