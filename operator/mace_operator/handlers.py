@@ -21,6 +21,8 @@ from mace_operator.reconcile import Reconciler, utcnow
 FINALIZER = f"{GROUP}/stop-measurement"
 DELETE_GRACE = timedelta(seconds=10)
 """How long a deleted probe waits for its agent to report the run stopped."""
+ANNOTATIONS_CROWDED = (256 << 10) - (16 << 10)
+"""Annotation bytes beyond which kopf's own may no longer fit (the API server allows 256 KiB in all)."""
 
 
 def settings(settings: kopf.OperatorSettings) -> kopf.OperatorSettings:
@@ -110,5 +112,7 @@ def register(registry: kopf.OperatorRegistry, reconciler: Reconciler) -> None:
                                             lambda node: bool(agents.get(node)))
         # kopf removes the finalizer in a patch that also writes its annotations, which the API server
         # refuses for a probe whose annotations are near their size limit: release it here, alone.
-        await reconciler.api.remove_finalizer(namespace or "", name, list(meta.get("finalizers") or ()),
-                                              FINALIZER)
+        annotations = meta.get("annotations") or {}
+        if sum(len(key) + len(str(value)) for key, value in annotations.items()) > ANNOTATIONS_CROWDED:
+            await reconciler.api.remove_finalizer(namespace or "", name, list(meta.get("finalizers") or ()),
+                                                  FINALIZER)

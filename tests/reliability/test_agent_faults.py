@@ -81,3 +81,20 @@ def test_an_agent_restart_says_the_counts_began_again(cluster: Cluster, namespac
     header, row = columns[0].split(), columns[1].split()
     assert "SINCE" in header
     assert row[header.index("SINCE") - 2].endswith(("s", "m")), "SINCE shows the age of the counts"
+
+
+def test_an_idle_probe_keeps_reporting(cluster: Cluster, namespace: str) -> None:
+    """No traffic, no change: the agent's heartbeat still moves ``results.updated``, so a quiet probe is
+    never mistaken for a silent agent."""
+    cluster.pod(namespace, "sleeper", "sleep", "3600")
+    cluster.create_probe(namespace, "idle", "sleeper")
+    first = cluster.wait_status(namespace, "idle",
+                                lambda s: (s.get("results") or {}).get("state") == "Measuring", 90)["results"]
+    def rewritten(status: dict[str, Any]) -> bool:
+        updated = (status.get("results") or {}).get("updated")
+        return bool(updated) and moment(updated) > moment(first["updated"])
+
+    later = cluster.wait_status(namespace, "idle", rewritten, timeout=HEARTBEAT_S + 5)
+    assert later["phase"] == "Measuring" and later["results"]["matched"] == first["matched"] == 0
+    waited = (moment(later["results"]["updated"]) - moment(first["updated"])).total_seconds()
+    print(f"idle probe: results rewritten after {waited:.0f} s with nothing new (heartbeat {HEARTBEAT_S} s)")

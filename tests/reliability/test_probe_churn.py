@@ -36,25 +36,26 @@ def create_many(cluster: Cluster, namespace: str, names: list[str], pod: str) ->
         list(pool.map(lambda name: cluster.create_probe(namespace, name, pod), names))
 
 
-def wait_reported(cluster: Cluster, namespace: str, count: int) -> Counter[str]:
-    """Wait until each of ``count`` probes has the agent's results (Measuring, or Error for those over
-    the node's limit); the states seen."""
+def wait_reported(cluster: Cluster, namespace: str, count: int, states: tuple[str, ...]) -> Counter[str]:
+    """Wait until each of ``count`` probes has results from the agent in one of ``states``; the states."""
 
     def reported() -> Counter[str] | None:
-        states = Counter(str(((p.get("status") or {}).get("results") or {}).get("state"))
-                         for p in probes(cluster, namespace))
-        return states if sum(states[s] for s in ("Measuring", "Error")) == count else None
+        seen = Counter(str(((p.get("status") or {}).get("results") or {}).get("state"))
+                       for p in probes(cluster, namespace))
+        return seen if sum(seen[s] for s in states) == count else None
 
     return wait_for(f"{count} probes to be reported by the agent", reported, SETTLE_S, interval=1.0)
 
 
-def delete_all(cluster: Cluster, namespace: str) -> float:
-    """``kubectl delete latencyprobes --all`` and the seconds until every probe is gone."""
+def delete_all(cluster: Cluster, namespace: str) -> tuple[float, float]:
+    """``kubectl delete latencyprobes --all``: seconds until kubectl returned, and until every probe
+    is gone."""
     began = time.monotonic()
     cluster.kubectl("delete", "latencyprobes", "--all", "-n", namespace, "--wait=false")
+    issued = time.monotonic() - began
     wait_for("every probe to be gone", lambda: not probes(cluster, namespace), DELETE_ALL_S * 3,
              interval=0.25)
-    return time.monotonic() - began
+    return issued, time.monotonic() - began
 
 
 def rss(pid: int) -> int:
@@ -66,9 +67,11 @@ def rss(pid: int) -> int:
 def test_two_hundred_probes_delete_within_thirty_seconds(cluster: Cluster, namespace: str) -> None:
     cluster.ping_pod(namespace, "pinger", interval="0.2")
     create_many(cluster, namespace, [f"many-{i}" for i in range(MANY)], "pinger")
-    states = wait_reported(cluster, namespace, MANY)
-    took = delete_all(cluster, namespace)
-    print(f"{MANY} probes ({dict(states)}) deleted in {took:.1f} s")
+    # Taken up by the agent (measuring, attaching, or over the node's limit), not necessarily attached:
+    # the current engine compiles each probe's programs one after the other.
+    states = wait_reported(cluster, namespace, MANY, ("Attaching", "Measuring", "Error"))
+    issued, took = delete_all(cluster, namespace)
+    print(f"{MANY} probes ({dict(states)}) deleted in {took:.1f} s (kubectl's deletes took {issued:.1f} s)")
     assert took < DELETE_ALL_S
 
 
@@ -79,7 +82,7 @@ def test_agent_memory_returns_after_probe_churn(cluster: Cluster, namespace: str
     for cycle in range(CYCLES):
         names = [f"churn-{cycle}-{i}" for i in range(PER_CYCLE)]
         create_many(cluster, namespace, names, "pinger")
-        wait_reported(cluster, namespace, PER_CYCLE)
+        wait_reported(cluster, namespace, PER_CYCLE, ("Measuring",))
         delete_all(cluster, namespace)
         levels.append(rss(cluster.agent_pid()))
     print("agent RSS after each churn cycle of", PER_CYCLE, "probes:",
