@@ -53,9 +53,15 @@ def test_a_frozen_agent_is_reported_and_its_return_too(cluster: Cluster, namespa
     columns = cluster.kubectl("get", "latencyprobes", "-n", namespace, "icmp", "--no-headers").split()
     assert columns[3] == "Pending"
 
-    back = cluster.wait_samples(namespace, "icmp", at_least=1, timeout=60)
+    def live_again(now: dict[str, Any]) -> bool:
+        results = now.get("results") or {}
+        return now.get("phase") == "Measuring" and results.get("state") == "Measuring" \
+            and moment(results.get("updated") or status["results"]["updated"]) > moment(stale_updated) \
+            and (results.get("matched") or 0) > 0
+
+    stale_updated = (stale.get("results") or {}).get("updated") or status["results"]["updated"]
+    back = cluster.wait_status(namespace, "icmp", live_again, timeout=60)
     returned = time.monotonic() - thawed
-    assert moment(back["results"]["updated"]) > moment(status["results"]["updated"])
     assert measuring_condition(back)["reason"] == "Measuring"
     print(f"frozen agent: AgentNotReporting after {noticed:.1f} s (bound {NOT_REPORTING_S} s); "
           f"Measuring with samples {returned:.1f} s after SIGCONT")
