@@ -127,6 +127,7 @@ class Reason(StrEnum):
     InvalidFilter = "InvalidFilter"
     AgentError = "AgentError"
     AgentNotReporting = "AgentNotReporting"
+    AgentAtCapacity = "AgentAtCapacity"
     ResolveFailed = "ResolveFailed"
     NotResolved = "NotResolved"
 

@@ -22,6 +22,9 @@ class ResolveRequest(_Wire):
     container_ids: tuple[str, ...] = Field(alias="containerIDs", min_length=1, max_length=MAX_CONTAINERS)
     pod_ip: str = Field(alias="podIP", max_length=64)
     outer_device: DeviceName | None = Field(default=None, alias="outerDevice")
+    probe: str | None = Field(default=None, max_length=317,
+                              description="The probe asking (namespace/name): the agent answers 409 "
+                                          "AgentAtCapacity when it has no room for another probe.")
 
 
 class Resolution(_Wire):

@@ -120,12 +120,12 @@ class AgentClient:
             self._session = None
 
     async def resolve(self, agent: AgentEndpoint, container_ids: Iterable[str], pod_ip: str,
-                      outer_device: str | None) -> Resolution:
+                      outer_device: str | None, probe: str | None = None) -> Resolution:
         """Ask ``agent`` for the PIDs, veth and outer device of a pod; raise :class:`ResolveError`."""
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=self.timeout)
-        body = ResolveRequest(container_ids=tuple(container_ids), pod_ip=pod_ip,
-                              outer_device=outer_device).model_dump(mode="json", by_alias=True)
+        body = ResolveRequest(container_ids=tuple(container_ids), pod_ip=pod_ip, outer_device=outer_device,
+                              probe=probe).model_dump(mode="json", by_alias=True)
         try:
             headers = self.tokens.header()
         except OSError as error:
@@ -147,11 +147,13 @@ class AgentClient:
             except ValidationError as error:
                 raise ResolveError(Reason.AgentError, f"{where} answered an invalid resolution: "
                                    f"{error.errors()[0]['msg']}") from None
-        if status in (404, 422) and isinstance(answer, dict):
+        if status in (404, 409, 422) and isinstance(answer, dict):
             try:
                 failure = ResolveFailure.model_validate(answer)
             except ValidationError:
                 failure = ResolveFailure(reason="Unknown", message=raw[:200].decode(errors="replace"))
+            if failure.reason == Reason.AgentAtCapacity.value:
+                raise ResolveError(Reason.AgentAtCapacity, failure.message)
             raise ResolveError(Reason.ResolveFailed, f"{failure.reason}: {failure.message}".strip())
         text = raw[:200].decode(errors="replace").strip()
         raise ResolveError(Reason.AgentError, f"{where} answered HTTP {status}: {text}")

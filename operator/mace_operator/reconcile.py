@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -43,6 +43,12 @@ NOT_REPORTING_RETRY_SECONDS = 5.0
 """How often a probe whose agent stopped reporting asks that agent again (a resolve) whether it is back."""
 STOP_POLL_SECONDS = 0.2
 """How often a deleted probe's status is read while waiting for the agent to stop its run."""
+
+
+def probe_key(probe: Mapping[str, Any]) -> str:
+    """``namespace/name`` of a probe object (how the agent names its runs)."""
+    meta = probe.get("metadata") or {}
+    return f"{meta.get('namespace', '')}/{meta.get('name', '')}"
 
 
 class Api(Protocol):
@@ -234,7 +240,8 @@ class Reconciler:
     def _schedule(self, key: Key, probe: dict[str, Any], status: dict[str, Any],
                   outcome: Outcome | None) -> None:
         self.expect_report(*key, status)
-        if outcome is not None and outcome.reason in (Reason.AgentError, Reason.ResolveFailed):
+        if outcome is not None and outcome.reason in (Reason.AgentError, Reason.ResolveFailed,
+                                                      Reason.AgentAtCapacity):
             self._retry_later(key)
             return
         self._failures.pop(key, None)
@@ -280,7 +287,7 @@ class Reconciler:
                                      f"no ready Mace agent on node {found.node}", node=found.node)
         try:
             resolution = await self.agents.resolve(agent, found.container_ids, found.pod_ip,
-                                                   spec.outer_device)
+                                                   spec.outer_device, probe=probe_key(probe))
         except ResolveError as error:
             return silent or Outcome(Phase.Pending, error.reason, error.message, node=found.node)
         text = resolved_filter(spec, resolution)

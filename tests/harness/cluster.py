@@ -146,7 +146,7 @@ def agent_command(state: dict[str, Any]) -> list[str]:
     serve = ["serve", "--node", node_mod.NODE_NAME,
              "--kubeconfig", str(HARNESS_DIR / f"{control_plane.AGENT_SA}.kubeconfig"),
              "--listen", f"0.0.0.0:{AGENT_PORT}", "--operator-username", username]
-    return [_bin("mace-agent"), *serve]
+    return [_bin("mace-agent"), *serve, *str(state.get("agent_args", "")).split()]
 
 
 def start_agent(state: dict[str, Any]) -> None:
@@ -331,7 +331,15 @@ def cmd_restart(args: argparse.Namespace) -> int:
             return 0
     kubelet = recorded_procs(state)["agent-kubelet"]
     before = (read_record(control_plane.SYSTEM_NAMESPACE, AGENT_POD) or {}).get("containerID")
-    kubelet.signal(signal.SIGHUP)
+    wanted = os.environ.get("MACE_HARNESS_AGENT_ARGS", "")  # extra `serve` options (a test's --max-probes)
+    if wanted != state.get("agent_args", ""):
+        with locked():
+            state["agent_args"] = wanted
+            kubelet.stop()
+            start_agent(state)
+            save_state(state)
+    else:
+        kubelet.signal(signal.SIGHUP)
 
     def restarted() -> dict[str, Any] | None:
         rec = read_record(control_plane.SYSTEM_NAMESPACE, AGENT_POD)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, replace
 
+from mace_agent import layout
 from mace_agent.config import EngineConfig
 from mace_agent.node.events import EventHub
 from mace_agent.node.runs import RUN_ENGINE, Measurer, ProbeRun, RunSpec
@@ -38,7 +39,9 @@ class Registry:
         self.hub = hub
         self.max_probes = max_probes
         self.snapshot_interval = snapshot_interval
-        self.measurer = Measurer(hub, replace(engine_config, max_probes=max_probes))
+        # twice the slots: a probe's slot rests for a while after it leaves (see NodeEngine.remove)
+        slots = min(layout.MAX_PROBES, 2 * max_probes)
+        self.measurer = Measurer(hub, replace(engine_config, max_probes=slots))
         self.measurer.start()
         self._lock = threading.Lock()
         self._active: dict[str, ProbeRun] = {}
@@ -47,6 +50,12 @@ class Registry:
     def active(self) -> dict[str, ProbeRun]:
         with self._lock:
             return dict(self._active)
+
+    def has_room(self, key: str | None) -> bool:
+        """Whether a run for ``key`` (None: a new probe) fits within ``max_probes``."""
+        with self._lock:
+            running = [k for k, r in self._active.items() if not r.parked and k != key]
+            return len(running) < self.max_probes or (key is not None and key in running)
 
     def get(self, key: str) -> ProbeRun | None:
         with self._lock:

@@ -47,6 +47,7 @@ REQUEST_DEADLINE_S = 10.0
 """Longest time from accepting a connection to having its whole request (a slow client's bytes keep it
 under ``READ_TIMEOUT_S`` per read, never longer than this in all)."""
 MAX_STREAM_S = 24 * 3600.0
+AT_CAPACITY = "AgentAtCapacity"
 GET_PATHS = ("/healthz", "/readyz", "/metrics", "/events")
 
 
@@ -287,6 +288,11 @@ class Handler(BaseHTTPRequestHandler):
             first = error.errors()[0]
             where = ".".join(str(part) for part in first["loc"]) or "body"
             self._error(422, "BadRequest", f"{where}: {first['msg']}")
+            return
+        if not agent.registry.has_room(request.probe):
+            self._error(409, AT_CAPACITY, f"the agent on node {agent.node} measures its limit of "
+                                          f"{agent.registry.max_probes} probes (--max-probes, the chart's "
+                                          "agent.maxProbes)")
             return
         try:
             answer = resolver.resolve(request.container_ids, request.pod_ip, request.outer_device)
