@@ -24,10 +24,11 @@ from __future__ import annotations
 import ctypes
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 
 from mace.models import ProtocolFilter
 from mace.probe import Scope
@@ -168,7 +169,29 @@ class _Refcounts:
         return True
 
 
-class NodeEngine:
+class _Attached(ABC):
+    """A context manager that starts on entry (closing again if that fails) and closes on exit."""
+
+    @abstractmethod
+    def start(self) -> None: ...
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> Self:
+        try:
+            self.start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
+
+
+class NodeEngine(_Attached):
     """The node's program set; a context manager that attaches on entry and detaches on exit."""
 
     def __init__(self, config: EngineConfig | None = None, hooks: KernelHooks | None = None) -> None:
@@ -238,22 +261,6 @@ class NodeEngine:
             if size != ctypes.sizeof(cls):
                 raise KernelFeatureError(f"map {name.decode()} holds {size}-byte values, layout.py "
                                          f"says {ctypes.sizeof(cls)}")
-
-    def __enter__(self) -> NodeEngine:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.close()
-
-    @property
-    def started(self) -> bool:
-        return self._bpf is not None
 
     def _require(self) -> Any:
         if self._bpf is None:
@@ -561,7 +568,7 @@ class NodeEngine:
         return probe.watch.gone()
 
 
-class Engine:
+class Engine(_Attached):
     """One probe on an engine of its own (``mace-agent run``): start, poll, snapshot, close."""
 
     def __init__(self, flt: ProtocolFilter, config: EngineConfig | None = None,
@@ -583,18 +590,6 @@ class Engine:
             self.close()
             raise
         self.attach_seconds = time.monotonic() - began
-
-    def __enter__(self) -> Engine:
-        try:
-            self.start()
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
-                 trace: TracebackType | None) -> None:
-        self.close()
 
     def _probe(self) -> Probe:
         if self.probe is None:
