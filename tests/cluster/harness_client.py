@@ -182,17 +182,23 @@ class Cluster:
         record = Path(self.env["KUBECONFIG"]).parent / "pods" / "mace-system_mace-agent-harness.json"
         return int(json.loads(record.read_text())["pid"])
 
-    def agent_map_entries(self, name: str) -> int:
-        """Entries in the agent's eBPF map called ``name`` (bpftool's view of the kernel's map)."""
+    def _agent_bpf_ids(self, kind: str) -> set[int]:
+        """IDs of the eBPF objects of ``kind`` (``prog`` or ``map``) the agent process holds open."""
         pid = self.agent_pid()
+        ids = set()
         for fd in Path(f"/proc/{pid}/fd").iterdir():
             try:
-                if os.readlink(fd) != "anon_inode:bpf-map":
+                if os.readlink(fd) != f"anon_inode:bpf-{kind}":
                     continue
                 info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
             except FileNotFoundError:
                 continue
-            map_id = next(int(line.split()[1]) for line in info.splitlines() if line.startswith("map_id:"))
+            ids |= {int(line.split()[1]) for line in info.splitlines() if line.startswith(f"{kind}_id:")}
+        return ids
+
+    def agent_map_entries(self, name: str) -> int:
+        """Entries in the agent's eBPF map called ``name`` (bpftool's view of the kernel's map)."""
+        for map_id in self._agent_bpf_ids("map"):
             shown = json.loads(subprocess.run(["bpftool", "-j", "map", "show", "id", str(map_id)],
                                               capture_output=True, text=True, check=True).stdout)
             if shown.get("name") == name:
@@ -203,14 +209,4 @@ class Cluster:
 
     def agent_programs(self) -> set[int]:
         """IDs of the eBPF programs the agent process holds open."""
-        pid = self.agent_pid()
-        ids = set()
-        for fd in Path(f"/proc/{pid}/fd").iterdir():
-            try:
-                if os.readlink(fd) != "anon_inode:bpf-prog":
-                    continue
-                info = Path(f"/proc/{pid}/fdinfo/{fd.name}").read_text()
-            except FileNotFoundError:
-                continue
-            ids |= {int(line.split()[1]) for line in info.splitlines() if line.startswith("prog_id:")}
-        return ids
+        return self._agent_bpf_ids("prog")
