@@ -8,41 +8,22 @@ reuses one that is already up, and takes it down at the end only if it brought i
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-from harness_client import Cluster, harness, read_env, unique
+from harness_client import Cluster, harness_session, skip_reason, unique
 
 from mace.probe import GROUP, PLURAL, VERSION
-
-UP_TIMEOUT_S = 3600.0
-"""Generous: the first `up` on a machine builds kube-apiserver and kubectl from source."""
-
-
-def _skip_reason() -> str | None:
-    if os.geteuid() != 0:
-        return "the cluster harness needs root (network namespaces, cgroups, eBPF)"
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        return "the kernel exposes no BTF: the agent cannot run"
-    return None
 
 
 @pytest.fixture(scope="session", autouse=True)
 def cluster_env() -> Iterator[dict[str, str]]:
     """The harness, up for the whole session: ``tests/harness/cluster env`` as a dict."""
-    reason = _skip_reason()
+    reason = skip_reason()
     if reason:
         pytest.skip(reason)
-    started = harness("status", check=False).returncode != 0
-    if started:
-        harness("up", timeout=UP_TIMEOUT_S)
-    try:
-        yield read_env()
-    finally:
-        if started and not os.environ.get("MACE_HARNESS_KEEP"):
-            harness("down", timeout=300)
+    with harness_session() as env:
+        yield env
 
 
 @pytest.fixture(scope="session")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -9,7 +10,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -32,6 +33,33 @@ def harness(*args: str, timeout: float = 120.0, check: bool = True) -> subproces
     if check and done.returncode != 0:
         raise AssertionError(f"cluster {' '.join(args)} failed ({done.returncode}): {done.stderr.strip()}")
     return done
+
+
+UP_TIMEOUT_S = 3600.0
+"""Generous: the first `up` on a machine builds kube-apiserver and kubectl from source."""
+
+
+def skip_reason() -> str | None:
+    """Why the harness cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "the cluster harness needs root (network namespaces, cgroups, eBPF)"
+    if not Path("/sys/kernel/btf/vmlinux").exists():
+        return "the kernel exposes no BTF: the agent cannot run"
+    return None
+
+
+@contextlib.contextmanager
+def harness_session() -> Iterator[dict[str, str]]:
+    """The harness for a test session as its env: reused if up, else brought up and taken down at the
+    end (unless ``MACE_HARNESS_KEEP`` is set)."""
+    started = harness("status", check=False).returncode != 0
+    if started:
+        harness("up", timeout=UP_TIMEOUT_S)
+    try:
+        yield read_env()
+    finally:
+        if started and not os.environ.get("MACE_HARNESS_KEEP"):
+            harness("down", timeout=300)
 
 
 def read_env() -> dict[str, str]:

@@ -3,7 +3,6 @@ handling: brought up once, taken down at the end only if this session brought it
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,28 +11,19 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cluster"))
 
-from harness_client import Cluster, harness, read_env, unique
+from harness_client import Cluster, harness_session, skip_reason, unique
 
 from mace.probe import GROUP, PLURAL, VERSION
-
-UP_TIMEOUT_S = 3600.0
 
 
 @pytest.fixture(scope="session", autouse=True)
 def cluster_env() -> Iterator[dict[str, str]]:
     """The harness, up for the whole session: ``tests/harness/cluster env`` as a dict."""
-    if os.geteuid() != 0:
-        pytest.skip("the cluster harness needs root (network namespaces, cgroups, eBPF)")
-    if not Path("/sys/kernel/btf/vmlinux").exists():
-        pytest.skip("the kernel exposes no BTF: the agent cannot run")
-    started = harness("status", check=False).returncode != 0
-    if started:
-        harness("up", timeout=UP_TIMEOUT_S)
-    try:
-        yield read_env()
-    finally:
-        if started and not os.environ.get("MACE_HARNESS_KEEP"):
-            harness("down", timeout=300)
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    with harness_session() as env:
+        yield env
 
 
 @pytest.fixture(scope="session")
