@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import secrets
 import select
@@ -33,9 +34,11 @@ DEFAULT_AGENT_NAMESPACE = "mace-system"
 MEASURE_LABEL = {"app.kubernetes.io/managed-by": "kubectl-mace"}
 DELETE_WAIT_S = 20.0
 STOP_MARGIN_S = 60
+"""A measure with --duration S creates its probe with durationSeconds S + this."""
 ERROR_GRACE_S = 10.0
 """A measure whose agent reports Error for this long gives up (with the agent's message)."""
-"""A measure with --duration S creates its probe with durationSeconds S + this."""
+MEASURE_WAIT_S = 60.0
+"""How long ``measure --duration`` waits for an agent to measure its probe."""
 FLOWS = {
     "icmp": ({"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]},
              {"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_seq"]}),
@@ -131,12 +134,13 @@ def keys() -> Iterator[Callable[[float], str | None]]:
 
 
 def show(console: Console, render: Callable[[], RenderableType], plain: bool, frames: int | None,
-         tick: float, until: float | None = None) -> int:
+         tick: float, until: Callable[[], float] | None = None) -> int:
     """Draw ``render()`` every ``tick`` seconds: as ``frames`` plain-text frames (all until ``until`` if
-    None), or as a live full-screen view that ends on ``q`` (or at ``until``, a monotonic time)."""
+    None), or as a live full-screen view that ends on ``q`` (or once the monotonic time ``until()``
+    returns has passed)."""
     if plain:
         shown, next_at = 0, time.monotonic() + tick
-        while (frames is None or shown < frames) and (until is None or time.monotonic() < until):
+        while (frames is None or shown < frames) and (until is None or time.monotonic() < until()):
             time.sleep(max(0.0, next_at - time.monotonic()))
             next_at += tick
             shown += 1
@@ -146,7 +150,7 @@ def show(console: Console, render: Callable[[], RenderableType], plain: bool, fr
         return 0
     with Live(console=console, screen=True, auto_refresh=False) as live, keys() as key:
         view, next_at = render(), time.monotonic() + tick
-        while until is None or time.monotonic() < until:
+        while until is None or time.monotonic() < until():
             live.update(view, refresh=True)
             if (key(DRAW_S) or "").lower() == "q":
                 return 0
@@ -285,13 +289,41 @@ def cmd_measure(kube: Kube, args: argparse.Namespace) -> int:
                                       f"{frame.results.get('message') or 'no message'}")
             else:
                 error_since.clear()
+            if clock is not None:
+                clock.saw(frame, f"latencyprobe {namespace}/{name}")
             return watch_view(frame)
 
+        clock = MeasureClock(args.duration) if args.duration else None
         console, plain = _console(args)
-        until = time.monotonic() + args.duration if args.duration else None
-        return show(console, render, plain, args.frames, args.interval, until)
+        return show(console, render, plain, args.frames, args.interval, clock.until if clock else None)
     finally:
         _remove(kube, namespace, name, created)
+
+
+class MeasureClock:
+    """``measure --duration S``: S seconds from the first frame with the agent's figures (the probe's
+    ``durationSeconds`` counts from Measuring too); a probe no agent measures within
+    :data:`MEASURE_WAIT_S` ends the measure with its phase and reason."""
+
+    def __init__(self, duration_s: int) -> None:
+        self.duration_s, self.created = duration_s, time.monotonic()
+        self.started: float | None = None
+
+    def saw(self, frame: Frame, probe: str) -> None:
+        """Note ``frame``; raises :class:`PluginError` once the wait for an agent is over."""
+        now = time.monotonic()
+        if self.started is None and frame.since_start:
+            self.started = now
+        elif self.started is None and now - self.created > MEASURE_WAIT_S:
+            status = frame.probe.get("status") or {}
+            why = [f"{c.get('reason')}: {c.get('message')}" for c in status.get("conditions") or []
+                   if c.get("status") == "False"]
+            raise PluginError(f"{probe} is not measured after {MEASURE_WAIT_S:.0f} s (phase "
+                              f"{status.get('phase') or '-'}{'; ' + why[0] if why else ''})")
+
+    def until(self) -> float:
+        """When the measure ends (a monotonic time; infinite while no agent measures)."""
+        return math.inf if self.started is None else self.started + self.duration_s
 
 
 def _remove(kube: Kube, namespace: str, name: str, created: bool) -> None:
@@ -379,7 +411,7 @@ def parser() -> argparse.ArgumentParser:
     proto.add_argument("--udp", type=_port, metavar="PORT", help="UDP request/response with peer port PORT")
     proto.add_argument("--tcp", type=_port, metavar="PORT", help="TCP data segments with peer port PORT")
     measure.add_argument("--container", help="only this container's processes (default: all)")
-    measure.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds")
+    measure.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds of measuring (waits up to 60 s for its agent)")
     measure.set_defaults(run=cmd_measure)
     return top
 
