@@ -411,7 +411,8 @@ def parser() -> argparse.ArgumentParser:
     proto.add_argument("--udp", type=_port, metavar="PORT", help="UDP request/response with peer port PORT")
     proto.add_argument("--tcp", type=_port, metavar="PORT", help="TCP data segments with peer port PORT")
     measure.add_argument("--container", help="only this container's processes (default: all)")
-    measure.add_argument("--duration", type=_positive, metavar="S", help="stop after S seconds of measuring (waits up to 60 s for its agent)")
+    measure.add_argument("--duration", type=_positive, metavar="S",
+                         help="stop after S seconds of measuring (waits up to 60 s for its agent)")
     measure.set_defaults(run=cmd_measure)
     return top
 

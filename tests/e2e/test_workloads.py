@@ -1,9 +1,13 @@
-"""UDP and TCP workloads measured in both directions, with the probes of examples/."""
+"""Workloads as users run them: UDP and TCP clients measured both ways with the probes of examples/, and
+a pod of two containers measured whole or one container (spec.container)."""
 
 from __future__ import annotations
 
-from e2e_cluster import Cluster
-from workloads import apply_example, metric_count, run_pod, wait_measuring
+import json
+from typing import Any
+
+from e2e_cluster import Cluster, wait_for
+from workloads import apply_example, metric_count, ready_pod, run_pod, wait_measuring
 
 
 def test_udp_and_tcp_clients_are_measured_both_ways_with_the_example_probes(
@@ -22,3 +26,47 @@ def test_udp_and_tcp_clients_are_measured_both_ways_with_the_example_probes(
         metrics = cluster.agent_get(pod["spec"]["nodeName"], "/metrics")
         for direction in ("egress", "ingress"):
             assert metric_count(metrics, namespace, name, direction) > 0, (name, direction)
+
+
+def _icmp_ids(cluster: Cluster, node: str, namespace: str, probe_name: str, events: int) -> set[int]:
+    """The ICMP ids of ``events`` events of the probe (both directions)."""
+    lines = cluster.agent_get(node, f"/events?probe={namespace}/{probe_name}", lines=events, timeout=20)
+    found = [json.loads(line) for line in lines.splitlines()]
+    assert len(found) == events, found
+    return {int(e["info"]["icmp_id"]) for e in found}
+
+
+def test_a_probe_measures_every_container_of_its_pod_or_only_spec_container(
+        cluster: Cluster, namespace: str) -> None:
+    """Two containers ping with their own ICMP ids: without spec.container the probe reports both, with
+    it only that container's."""
+    ids = {"first": 0x1101, "second": 0x2202}
+    containers = [{"name": name, "image": cluster.lab_image, "imagePullPolicy": "Never",
+                   "command": ["ping", "-i", "0.2", "-e", str(ident), cluster.remote_addr]}
+                  for name, ident in ids.items()]
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "duo"},
+           "spec": {"containers": containers, "restartPolicy": "Never"}}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(pod))
+    node = wait_for("pod duo Ready", lambda: ready_pod(cluster, namespace, "duo"), 120)["spec"]["nodeName"]
+
+    def probe_of(name: str, **spec: str) -> dict[str, Any]:
+        flow = {"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_id", "icmp_seq"]}
+        return {"apiVersion": "mace.dev/v1alpha1", "kind": "LatencyProbe", "metadata": {"name": name},
+                "spec": {"pod": "duo", "in": flow, "out": flow, **spec}}
+
+    # ping -e sets the id field as given; the field catalogue reads it in network order.
+    either = {name: {ident, int.from_bytes(ident.to_bytes(2, "big"), "little")}
+              for name, ident in ids.items()}
+    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(probe_of("duo-all")))
+    status = wait_measuring(cluster, namespace, "duo-all", more_than=10)
+    assert status["results"]["scope"] == "cgroup" and status["results"]["targets"] == 2, status["results"]
+    seen = _icmp_ids(cluster, node, namespace, "duo-all", 40)
+    assert len(seen) == 2 and all(seen & both for both in either.values()), (seen, either)
+    cluster.kubectl("delete", "latencyprobe", "duo-all", "-n", namespace, "--wait", "--timeout=60s")
+
+    cluster.kubectl("apply", "-n", namespace, "-f", "-",
+                    input_text=json.dumps(probe_of("duo-second", container="second")))
+    status = wait_measuring(cluster, namespace, "duo-second", more_than=10)
+    assert status["results"]["targets"] == 1, status["results"]
+    seen = _icmp_ids(cluster, node, namespace, "duo-second", 40)
+    assert len(seen) == 1 and seen <= either["second"], (seen, either)
