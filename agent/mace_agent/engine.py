@@ -40,6 +40,7 @@ from mace_agent.events import Event
 from mace_agent.flows import FlowLayout
 from mace_agent.hooks import KernelHooks
 from mace_agent.kernel import KernelFeatureError
+from mace_agent.memory import release_compiler_memory
 from mace_agent.offsets import KernelOffsets
 from mace_agent.pending import PendingTables
 from mace_agent.summary import LatencySummary, Snapshot
@@ -245,6 +246,7 @@ class NodeEngine(_Attached):
         except Exception as error:  # bcc raises bare Exception for compile and load errors
             self.close()
             raise KernelFeatureError(f"cannot load the eBPF program: {error}") from None
+        release_compiler_memory()  # compiled once: clang's and LLVM's pages are not needed again
         self._check_sizes()
         self._netns = kernel.netns_inode()
         self._bpf[b"events"].open_ring_buffer(self._on_event)
