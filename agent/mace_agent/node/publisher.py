@@ -1,9 +1,10 @@
-"""Writes each probe's ``status.results`` (and nothing else), only when it changed, and at most once a
-second: a new state or message, or the first samples, right away; mere count updates once per
-``interval`` (default 5 s: every write also costs the API server, etcd and every watcher of probes).
-Unchanged results are written again every ``HEARTBEAT_INTERVALS`` intervals (``results.heartbeatSeconds``),
-so that ``results.updated`` tells a live agent from a frozen one; ``results.since`` is when the run's
-counting began (a restarted agent starts from zero, and says so there).
+"""Writes each probe's ``status.results`` (and nothing else), only when it changed: a new state or
+message, or the first samples, right away (the measurer wakes the publisher; at most every
+``URGENT_INTERVAL_S``); mere count updates once per ``interval`` (default 5 s: every write also costs
+the API server, etcd and every watcher of probes). Unchanged results are written again every
+``HEARTBEAT_INTERVALS`` intervals (``results.heartbeatSeconds``), so that ``results.updated`` tells a
+live agent from a frozen one; ``results.since`` is when the run's counting began (a restarted agent
+starts from zero, and says so there).
 
 Each write is a JSON merge patch of the status subresource holding only ``results`` (so the operator's
 keys are never touched) and the probe's UID as a precondition (a probe re-created under the same name
@@ -29,6 +30,7 @@ from mace_agent.node.runs import STOPPED, ProbeRun
 log = logging.getLogger("mace_agent.node.publisher")
 
 TICK_S = 0.5
+URGENT_INTERVAL_S = 0.25
 MIN_INTERVAL_S = 1.0
 DEFAULT_INTERVAL_S = 5.0
 HEARTBEAT_INTERVALS = 2
@@ -60,6 +62,7 @@ class Publisher:
 
     def stop(self) -> None:
         self._stop.set()
+        self.registry.measurer.news.set()
         self._thread.join(5)
 
     @property
@@ -67,8 +70,12 @@ class Publisher:
         return self._thread.is_alive()
 
     def _loop(self) -> None:
-        while not self._stop.wait(TICK_S):
-            self.tick()
+        news = self.registry.measurer.news
+        while not self._stop.is_set():
+            news.wait(TICK_S)
+            news.clear()
+            if not self._stop.is_set():
+                self.tick()
 
     def tick(self) -> None:
         """One pass over active and retired runs."""
@@ -116,7 +123,7 @@ class Publisher:
                 return
             news = (body.get("state"), body.get("message")) != (before.get("state"), before.get("message"))
             urgent = news or (not before.get("matched") and bool(body.get("matched")))
-            if time.monotonic() - when < (MIN_INTERVAL_S if urgent else self.interval):
+            if time.monotonic() - when < (URGENT_INTERVAL_S if urgent else self.interval):
                 return
         self._write(key, uid, body)
 

@@ -32,7 +32,7 @@ POLL_S = 0.05
 """How long one poll of the ring buffer waits: it also bounds how late a gone target is noticed."""
 WATCH_S = 1.0
 """How often every run's process and device are checked."""
-FIRST_SNAPSHOT_S = 1.0
+FIRST_SNAPSHOT_S = 0.25
 """Until the first samples show up, a snapshot is taken this often after events arrived; then every
 ``snapshot_interval`` (the publish interval)."""
 IDLE_SNAPSHOT_S = 30.0
@@ -105,6 +105,7 @@ class ProbeRun:
     def fail(self, message: str) -> None:
         self.message = message
         self.state = ERROR
+        self.measurer.news.set()
 
     def set_rate(self, events_per_second: int) -> None:
         """Change the event budget without restarting."""
@@ -131,7 +132,10 @@ class ProbeRun:
             or now - self._last_snapshot >= max(IDLE_SNAPSHOT_S, wait)
 
     def took(self, snapshot: Snapshot, now: float) -> None:
+        first = not _has_samples(self.snapshot) and _has_samples(snapshot)
         self.snapshot, self._fresh, self._last_snapshot = snapshot, False, now
+        if first:
+            self.measurer.news.set()
 
 
 def _has_samples(snapshot: Snapshot | None) -> bool:
@@ -145,6 +149,8 @@ class Measurer:
         self.hub = hub
         self.engine = NodeEngine(config)
         self.error: str | None = None
+        self.news = threading.Event()
+        """Set when a run has news to write at once (attached, first samples, failed)."""
         self._lock = threading.Lock()
         self._runs: dict[int, ProbeRun] = {}
         self._waiting: list[ProbeRun] = []
@@ -189,6 +195,7 @@ class Measurer:
             self._runs[id(run)] = run
         run.took(self.engine.snapshot(probe), time.monotonic())
         run.state = MEASURING
+        self.news.set()
 
     def detach(self, run: ProbeRun) -> None:
         """Remove a run's probe (its last snapshot stays readable)."""
