@@ -47,10 +47,11 @@ from benchlib import (
     tracing_programs,
     write_results,
 )
-from mace_agent.lab.events import info_int
-from mace_agent.lab.processes import AgentProcess, Child, TrafficProcess, filter_text
-from mace_agent.lab.topology import Tbf, Topology
-from mace_agent.lab.traffic import FILLER_BASE
+
+from mace_lab.events import info_int
+from mace_lab.processes import AgentProcess, Child, TrafficProcess, filter_text
+from mace_lab.topology import Tbf, Topology
+from mace_lab.traffic import FILLER_BASE
 
 PORT = 7301
 SINK_PORT = 7302

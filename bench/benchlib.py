@@ -22,8 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from mace_agent.lab.processes import Child
-from mace_agent.lab.topology import Topology
+from mace_lab.processes import Child
+from mace_lab.topology import Topology
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent

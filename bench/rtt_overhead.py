@@ -59,8 +59,9 @@ from benchlib import (
     udp_rr_binary,
     write_results,
 )
-from mace_agent.lab.processes import Child, filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.processes import Child, filter_text
+from mace_lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "match-stream", "match-hist")
 EXPERIMENTS = ("empty-syscalls", "empty-net", "empty-rawsys")

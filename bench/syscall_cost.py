@@ -42,8 +42,9 @@ from benchlib import (
     require_root,
     write_results,
 )
-from mace_agent.lab.processes import filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.processes import filter_text
+from mace_lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "nonmatch-tcp", "empty-rawsys")
 PROGRAM_SETS = {  # configuration: (hookctl kind, the filter's corr field)

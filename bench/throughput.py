@@ -49,8 +49,9 @@ from benchlib import (
     udp_mib,
     write_results,
 )
-from mace_agent.lab.processes import TrafficProcess, filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.processes import TrafficProcess, filter_text
+from mace_lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "match")
 ECHO_PORT = 7201

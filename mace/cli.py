@@ -11,6 +11,7 @@ from mace import catalogue_doc
 from mace.grammar import MAX_FILTER_CHARS, FilterError, Problem, parse, render
 
 EXIT_OK = 0
+EXIT_UNAVAILABLE = 1
 EXIT_REJECTED = 2
 
 
@@ -48,8 +49,14 @@ def _fields(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from mace.demo import run_demo  # imported late: it needs the agent's dependencies
-
+    try:
+        from mace_lab.demo import run_demo  # imported late: the lab is not in the images
+    except ModuleNotFoundError as error:
+        if error.name != "mace_lab":
+            raise
+        print("mace demo: needs the test lab (the mace_lab package), which only a source checkout installs: "
+              "run it there with scripts/dev demo", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     return run_demo(duration=args.duration, stream=not args.no_stream)
 
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mace_agent.lab.topology import Topology
+
+from mace_lab.topology import Topology
 
 
 def ebpf_skip_reason() -> str | None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from mace_agent.lab.processes import Child
+from mace_lab.processes import Child
 
 
 def ping_argv(family: str, dest: str, count: int, interval: str = "0.05") -> list[str]:

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from mace_agent.lab.processes import Child, agent_command, filter_text
-from mace_agent.lab.topology import Topology
 from pinging import ping_argv, replied_seqs
+
+from mace_lab.processes import Child, agent_command, filter_text
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

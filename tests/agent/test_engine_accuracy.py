@@ -19,10 +19,11 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from mace_agent.lab.events import info_int
-from mace_agent.lab.processes import AgentProcess, TrafficProcess, filter_text
-from mace_agent.lab.topology import Tbf, Topology
-from mace_agent.lab.traffic import FILLER_BASE
+
+from mace_lab.events import info_int
+from mace_lab.processes import AgentProcess, TrafficProcess, filter_text
+from mace_lab.topology import Tbf, Topology
+from mace_lab.traffic import FILLER_BASE
 
 pytestmark = pytest.mark.ebpf
 

@@ -8,8 +8,9 @@ import signal
 import time
 
 import pytest
-from mace_agent.lab.processes import AgentProcess, Child, TrafficProcess, filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.processes import AgentProcess, Child, TrafficProcess, filter_text
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

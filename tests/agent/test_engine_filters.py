@@ -6,10 +6,11 @@ import re
 from collections.abc import Callable
 
 import pytest
-from mace_agent.lab.events import info_int, info_values
-from mace_agent.lab.processes import AgentProcess, Child, TrafficProcess, filter_text
-from mace_agent.lab.procfs import sockets
-from mace_agent.lab.topology import Topology
+
+from mace_lab.events import info_int, info_values
+from mace_lab.processes import AgentProcess, Child, TrafficProcess, filter_text
+from mace_lab.procfs import sockets
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

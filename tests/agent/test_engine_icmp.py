@@ -6,11 +6,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from mace_agent.lab.events import info_values, shape_problems
-from mace_agent.lab.processes import AgentProcess, Child, filter_text
-from mace_agent.lab.procfs import sockets
-from mace_agent.lab.topology import Topology
 from pinging import ping_argv, replied_seqs
+
+from mace_lab.events import info_values, shape_problems
+from mace_lab.processes import AgentProcess, Child, filter_text
+from mace_lab.procfs import sockets
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

@@ -11,8 +11,9 @@ import subprocess
 from collections.abc import Callable
 
 import pytest
-from mace_agent.lab.processes import Child, TrafficProcess
-from mace_agent.lab.topology import Tbf, Topology
+
+from mace_lab.processes import Child, TrafficProcess
+from mace_lab.topology import Tbf, Topology
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (network namespaces)")
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from mace_agent.lab.processes import AgentProcess, Child, filter_text
-from mace_agent.lab.topology import Topology
 from pinging import ping_argv
+
+from mace_lab.processes import AgentProcess, Child, filter_text
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

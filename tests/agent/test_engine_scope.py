@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 from mace_agent.cgroups import cgroup2_roots
-from mace_agent.lab.processes import AgentProcess, Child, TrafficProcess, filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.processes import AgentProcess, Child, TrafficProcess, filter_text
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

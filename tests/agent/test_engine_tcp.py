@@ -13,9 +13,10 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-from mace_agent.lab.events import info_int, info_values, shape_problems
-from mace_agent.lab.processes import AgentProcess, TrafficProcess, filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.events import info_int, info_values, shape_problems
+from mace_lab.processes import AgentProcess, TrafficProcess, filter_text
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 

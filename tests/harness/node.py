@@ -1,6 +1,6 @@
 """The harness's one node: namespaces, the link-local veth to the root namespace, the Node object, cgroups.
 
-The node namespace is built by :class:`mace_agent.lab.topology.Topology` (bridge ``br0`` for pods, uplink
+The node namespace is built by :class:`mace_lab.topology.Topology` (bridge ``br0`` for pods, uplink
 ``uplink0`` to a remote namespace). The harness adds, only inside its own namespaces: a default route via
 the remote (so ``uplink0`` is the node's outer device) and the node end of a veth pair whose root end is
 a new device in the root namespace (198.18.X.1/30, the benchmarking range of RFC 2544, never routed on the
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from common import HARNESS_ID, PREFIX, HarnessError, record, run
-from mace_agent.lab.topology import POD_NET4, POD_NET6, Topology
+
+from mace_lab.topology import POD_NET4, POD_NET6, Topology
 
 NODE_NAME = "mace-harness-node"
 MGMT_DEV = "mgmt0"

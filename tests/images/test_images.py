@@ -20,8 +20,9 @@ import yaml
 from containerd_runtime import DEFAULT_CAPS, Containerd, capability_args
 from image_build import REPO, Built
 from mace_agent.kernel import ensure_tracing_mounts
-from mace_agent.lab.processes import AgentProcess, Child, filter_text
-from mace_agent.lab.topology import Topology
+
+from mace_lab.processes import AgentProcess, Child, filter_text
+from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.images
 

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
-from mace_agent.lab.topology import Topology, stop_process
 from mace_agent.node import resolver
 from mace_agent.node.netns import CLONE_NEWNET, run_in_netns
 from mace_agent.node.resolver import Device, ResolveError
+
+from mace_lab.topology import Topology, stop_process
 
 CGROUP_V2 = Path("/sys/fs/cgroup/unified")
 CGROUP_V1_PIDS = Path("/sys/fs/cgroup/pids")

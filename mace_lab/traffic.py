@@ -1,7 +1,7 @@
 """Traffic for tests and benchmarks: UDP and TCP request/response (UDP also with sendmmsg/recvmmsg), a UDP
 flood, a packet-socket capture.
 
-Run as ``python -m mace_agent.lab.traffic <command> ...``; every command prints JSON lines on stdout.
+Run as ``python -m mace_lab.traffic <command> ...``; every command prints JSON lines on stdout.
 Servers print ``{"ready": ...}`` once bound; clients print one line per request with timestamps taken
 right around their own socket calls (``*_ns``: CLOCK_MONOTONIC, the clock of ``bpf_ktime_get_ns``;
 ``real_offset_ns``: CLOCK_REALTIME minus CLOCK_MONOTONIC, sampled after the request) and a final
@@ -456,7 +456,7 @@ def capture(dev: str, duration: float, count: int, ports: Sequence[int]) -> int:
 # -- command line ---------------------------------------------------------------------------------
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mace_agent.lab.traffic",
+    parser = argparse.ArgumentParser(prog="python -m mace_lab.traffic",
                                      description="Traffic and capture for Mace's lab topologies.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -524,7 +524,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``python -m mace_agent.lab.traffic``."""
+    """Entry point of ``python -m mace_lab.traffic``."""
     args = _parser().parse_args(argv)
     _stop_on_sigterm()
     try:

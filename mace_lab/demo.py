@@ -17,8 +17,8 @@ import time
 from types import FrameType
 from typing import Any, TextIO
 
-from mace_agent.lab.processes import AgentProcess, Child, ChildError, filter_text
-from mace_agent.lab.topology import Topology, TopologyError
+from mace_lab.processes import AgentProcess, Child, ChildError, filter_text
+from mace_lab.topology import Topology, TopologyError
 
 EXIT_OK = 0
 EXIT_FAILED = 1

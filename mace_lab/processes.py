@@ -1,7 +1,7 @@
 """Child processes of a lab topology whose output is collected by reader threads.
 
 :class:`AgentProcess` runs ``mace-agent run`` and sorts its JSON stream into events and the summary;
-:class:`TrafficProcess` runs a :mod:`mace_agent.lab.traffic` command; :class:`Child` runs anything
+:class:`TrafficProcess` runs a :mod:`mace_lab.traffic` command; :class:`Child` runs anything
 (e.g. ``ping``) and keeps its lines. Callers wait on conditions (attached, N events seen, exited)
 with deadlines instead of sleeping. Memory is bounded: at most ``keep`` lines are kept per child.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mace.grammar import parse, render
-from mace_agent.lab.topology import Topology, stop_process
+from mace_lab.topology import Topology, stop_process
 
 ATTACHED = "mace-agent: attached"
 MAX_KEPT = 200_000
@@ -258,12 +258,12 @@ class AgentProcess(Child):
 
 
 def traffic_argv(command: str, *args: str) -> list[str]:
-    """The command line of ``python -m mace_agent.lab.traffic COMMAND ARGS`` with this interpreter."""
-    return [sys.executable, "-m", "mace_agent.lab.traffic", command, *args]
+    """The command line of ``python -m mace_lab.traffic COMMAND ARGS`` with this interpreter."""
+    return [sys.executable, "-m", "mace_lab.traffic", command, *args]
 
 
 class TrafficProcess(Child):
-    """A :mod:`mace_agent.lab.traffic` command in namespace ``ns``."""
+    """A :mod:`mace_lab.traffic` command in namespace ``ns``."""
 
     def __init__(self, topology: Topology, ns: str, command: str, *args: str, gated: bool = False) -> None:
         super().__init__(topology, ns, traffic_argv(command, *args), gated=gated)
