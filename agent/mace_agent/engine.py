@@ -75,8 +75,10 @@ class ProbeSpec:
 
 @dataclass(eq=False)
 class Measurement:
-    """One slot of the engine's per-probe maps: what equal probes (same targets, flow specs and outer
-    device) measure together. Each probe reads it from its own start (its baseline)."""
+    """One slot of the engine's per-probe maps: one target (a cgroup, or the processes of a process
+    scope) measured with one pair of flow specs on one outer device. A probe sums the measurements of
+    its targets, so probes whose targets overlap (a whole pod and one of its containers) share the
+    overlap's; each probe reads them from its own start (its baseline)."""
 
     key: tuple[Any, ...]
     slot: int
@@ -92,10 +94,10 @@ class Measurement:
 
 @dataclass(eq=False)
 class Probe:
-    """A probe in the engine: its measurement, and what user space keeps of it."""
+    """A probe in the engine: the measurements of its targets, and what user space keeps of it."""
 
     spec: ProbeSpec
-    measurement: Measurement
+    measurements: tuple[Measurement, ...]
     watch: Target
     exact_values: int
     baseline: dict[str, Any] = field(default_factory=dict)
@@ -110,7 +112,7 @@ class Probe:
 
     @property
     def target_keys(self) -> tuple[int, ...]:
-        return self.measurement.target_keys
+        return tuple(sorted({k for m in self.measurements for k in m.target_keys}))
 
     @property
     def scope_fallback(self) -> bool:
@@ -123,7 +125,7 @@ class Probe:
         return events
 
     def offer(self, event: Event) -> None:
-        """An event of the probe's measurement: kept within the probe's own budget."""
+        """An event of one of the probe's measurements: kept within the probe's own budget."""
         second = event.timestamp_ns // 1_000_000_000
         if second != self._second:
             self._second, self._in_second = second, 0
@@ -293,18 +295,22 @@ class NodeEngine(_Attached):
             if slot not in used and self._free_at.get(slot, 0.0) <= now:
                 self._free_at.pop(slot, None)
                 return slot
-        raise ProbeLimitError(f"this node's engine measures its limit of {self.config.max_probes} probes")
+        raise ProbeLimitError(f"this node's engine has all its {self.config.max_probes} measurement slots in "
+                              "use (a probe takes one per container it measures)")
 
-    def _targets(self, spec: ProbeSpec) -> tuple[int, ...]:
+    def _targets(self, spec: ProbeSpec) -> list[tuple[int, ...]]:
+        """The target keys of each of the probe's measurements: one per cgroup, and one for all the
+        processes measured by TGID (process scope, or processes without a usable cgroup v2 id)."""
         if spec.scope is Scope.process:
-            return (layout.TGID_KEY | spec.filter.proc_id,)
-        keys: list[int] = []
+            return [(layout.TGID_KEY | spec.filter.proc_id,)]
+        cgroups: set[int] = set()
+        processes: set[int] = set()
         for pid in spec.pids or (spec.filter.proc_id,):
             try:
-                keys.append(cgroup_id(pid))
+                cgroups.add(cgroup_id(pid))
             except CgroupError:
-                keys.append(layout.TGID_KEY | pid)
-        return tuple(sorted(set(keys)))
+                processes.add(layout.TGID_KEY | pid)
+        return [(key,) for key in sorted(cgroups)] + ([tuple(sorted(processes))] if processes else [])
 
     def add(self, spec: ProbeSpec) -> Probe:
         """Measure a probe from now on (map writes only; a probe equal to one measured already
@@ -322,15 +328,24 @@ class NodeEngine(_Attached):
                                      "which measuring UDP's ingress needs")
         watch = Target(flt.proc_id, flt.dev_id)
         try:
-            keys = self._targets(spec)
+            targets = self._targets(spec)
             with self._lock:
-                key = (keys, flt.outbound, flt.inbound, flt.dev_id)
-                measurement = self._measurements.get(key) \
-                    or self._measure(key, out, inbound, watch.netns_inode)
-                probe = Probe(spec, measurement, watch, self.config.exact_values)
-                probe.baseline = self._raw(measurement)
-                measurement.probes.append(probe)
-                self._write_settings(measurement)
+                measurements: list[Measurement] = []
+                try:
+                    for keys in targets:
+                        key = (keys, flt.outbound, flt.inbound, flt.dev_id)
+                        measurements.append(self._measurements.get(key)
+                                            or self._measure(key, out, inbound, watch.netns_inode))
+                except BaseException:
+                    for unused in measurements:
+                        if not unused.probes:
+                            self._release(unused)
+                    raise
+                probe = Probe(spec, tuple(measurements), watch, self.config.exact_values)
+                probe.baseline = self._raw(probe.measurements)
+                for measurement in measurements:
+                    measurement.probes.append(probe)
+                    self._write_settings(measurement)
         except BaseException:
             watch.close()
             raise
@@ -379,16 +394,22 @@ class NodeEngine(_Attached):
     def remove(self, probe: Probe) -> None:
         """Stop measuring a probe (map writes only; a freed slot is reused after the quarantine)."""
         with self._lock:
-            measurement = probe.measurement
-            if probe not in measurement.probes:
+            if not any(probe in m.probes for m in probe.measurements):
                 return
-            measurement.probes.remove(probe)
             probe.watch.close()
-            if self._bpf is None:
-                return
-            if measurement.probes:
-                self._write_settings(measurement)
-                return
+            for measurement in probe.measurements:
+                measurement.probes.remove(probe)
+                if self._bpf is None:
+                    continue
+                if measurement.probes:
+                    self._write_settings(measurement)
+                else:
+                    self._release(measurement)
+
+    def _release(self, measurement: Measurement) -> None:
+        """Free a measurement no probe reads any more: its entries, its slot (after the quarantine),
+        its layouts and device."""
+        with self._lock:
             del self._measurements[measurement.key]
             self._by_slot.pop(measurement.slot, None)
             self._free_at[measurement.slot] = time.monotonic() + QUARANTINE_FACTOR * self.config.ttl_s
@@ -403,13 +424,15 @@ class NodeEngine(_Attached):
             raise ValueError("rate limit must be 0 or positive")
         with self._lock:
             probe.spec = replace(probe.spec, rate_limit=events_per_second)
-            self._write_settings(probe.measurement)
+            for measurement in probe.measurements:
+                self._write_settings(measurement)
 
     def set_stream(self, probe: Probe, enabled: bool) -> None:
         """Turn a probe's per-packet event stream on or off (histograms stay on)."""
         with self._lock:
             probe.spec = replace(probe.spec, stream=enabled)
-            self._write_settings(probe.measurement)
+            for measurement in probe.measurements:
+                self._write_settings(measurement)
 
     @property
     def bpf(self) -> Any:
@@ -519,28 +542,37 @@ class NodeEngine(_Attached):
                 self._pending.sweep(time.monotonic_ns(), int(self.config.ttl_s * 1e9))
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
-    def _raw(self, m: Measurement) -> dict[str, Any]:
-        """A measurement's counters and histograms now (what a probe's baseline and snapshots read)."""
+    def _raw(self, measurements: tuple[Measurement, ...]) -> dict[str, Any]:
+        """The summed counters and histograms of a probe's measurements now (what its baseline and
+        snapshots read). Ingress packets wait per (device, ingress layout), not per slot: those
+        counters are counted once per pair."""
         bpf = self._require()
         assert self._pending is not None
-        index = ctypes.c_uint32(m.slot)
-        counts: dict[str, Any] = layout.counters_of(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS)
-        group = ctypes.c_uint32(m.dev_slot * layout.MAX_LAYOUTS + m.layout_ids[1])
-        counts |= layout.counters_of(bpf[b"group_stats"][group], layout.GROUP_COUNTERS)
-        counts["in_expired"] = self._pending.rx_expired[(m.layout_ids[1], m.dev_slot)]
-        counts["out_expired"] = self._pending.tx_expired[m.slot]
-        counts["hist"] = [int(v) for v in bpf[b"hist"][index].b]
+        counts: dict[str, Any] = dict.fromkeys(layout.PROBE_COUNTERS + layout.GROUP_COUNTERS, 0)
+        counts["in_expired"] = counts["out_expired"] = 0
+        counts["hist"] = [0] * (len(program.DIRECTIONS) * histogram.BUCKETS)
+        for m in measurements:
+            index = ctypes.c_uint32(m.slot)
+            for name, value in layout.counters_of(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS).items():
+                counts[name] = max(counts[name], value) if name.endswith("_max") else counts[name] + value
+            counts["out_expired"] += self._pending.tx_expired[m.slot]
+            counts["hist"] = [a + int(b) for a, b in zip(counts["hist"], bpf[b"hist"][index].b, strict=True)]
+        for dev_slot, in_layout in {(m.dev_slot, m.layout_ids[1]) for m in measurements}:
+            group = ctypes.c_uint32(dev_slot * layout.MAX_LAYOUTS + in_layout)
+            for name, value in layout.counters_of(bpf[b"group_stats"][group], layout.GROUP_COUNTERS).items():
+                counts[name] += value
+            counts["in_expired"] += self._pending.rx_expired[(in_layout, dev_slot)]
         return counts
 
     def snapshot(self, probe: Probe) -> Snapshot:
         """A probe's summaries, histograms and counters since it was added (runs a sweep first)."""
         self.sweep()
         with self._lock:
-            m = probe.measurement
-            now = self._raw(m)
+            now = self._raw(probe.measurements)
             assert self._pending is not None
-            out_pending = self._pending.tx_live[m.slot]
-            in_pending = self._pending.rx_live[(m.layout_ids[1], m.dev_slot)]
+            out_pending = sum(self._pending.tx_live[m.slot] for m in probe.measurements)
+            pairs = {(m.layout_ids[1], m.dev_slot) for m in probe.measurements}
+            in_pending = sum(self._pending.rx_live[pair] for pair in pairs)
         base = probe.baseline
         counters = {k: v - base.get(k, 0) for k, v in now.items() if k != "hist"}
         buckets = [a - b for a, b in zip(now["hist"], base["hist"], strict=True)]

@@ -39,8 +39,9 @@ class Registry:
         self.hub = hub
         self.max_probes = max_probes
         self.snapshot_interval = snapshot_interval
-        # twice the slots: a probe's slot rests for a while after it leaves (see NodeEngine.remove)
-        slots = min(layout.MAX_PROBES, 2 * max_probes)
+        # four slots a probe: one per container it measures, and a freed slot rests for a while after
+        # it leaves (see NodeEngine.remove)
+        slots = min(layout.MAX_PROBES, 4 * max_probes)
         self.measurer = Measurer(hub, replace(engine_config, max_probes=slots))
         self.measurer.start()
         self._lock = threading.Lock()
