@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
+import select
+import signal
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from mace_agent.cgroups import cgroup2_roots
 
 from mace_lab.topology import Topology
 
@@ -52,3 +57,29 @@ def make_topology() -> Iterator[Callable[..., Topology]]:
 def topology(make_topology: Callable[..., Topology]) -> Topology:
     """One node, one pod, one remote behind ``uplink0``."""
     return make_topology()
+
+
+@pytest.fixture
+def make_cgroup() -> Iterator[Callable[[str], Path]]:
+    """Make cgroup v2 directories (as a container runtime does); at the end, end the processes
+    this test left in them (by PID) and remove them."""
+    roots = cgroup2_roots()
+    if not roots:
+        pytest.skip("no cgroup2 hierarchy is mounted")
+    made: list[Path] = []
+
+    def make(name: str) -> Path:
+        path = Path(roots[0]) / f"mace-t{os.getpid()}-{len(made)}-{name}"
+        path.mkdir()
+        made.append(path)
+        return path
+
+    yield make
+    for path in made:
+        for pid in (path / "cgroup.procs").read_text().split():
+            with contextlib.suppress(ProcessLookupError):  # it may have exited since the read
+                os.kill(int(pid), signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while (path / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+            select.select([], [], [], 0.05)  # the killed processes are reaped by their parents
+        path.rmdir()

@@ -4,7 +4,6 @@ a pod of two containers measured whole or one container (spec.container)."""
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from e2e_cluster import Cluster, wait_for
 from workloads import apply_example, metric_count, ready_pod, run_pod, wait_measuring
@@ -38,8 +37,8 @@ def _icmp_ids(cluster: Cluster, node: str, namespace: str, probe_name: str, even
 
 def test_a_probe_measures_every_container_of_its_pod_or_only_spec_container(
         cluster: Cluster, namespace: str) -> None:
-    """Two containers ping with their own ICMP ids: without spec.container the probe reports both, with
-    it only that container's."""
+    """Two containers ping with their own ICMP ids; two probes with the same fields at once: without
+    spec.container one reports both containers, with it the other reports only that container's."""
     ids = {"first": 0x1101, "second": 0x2202}
     containers = [{"name": name, "image": cluster.lab_image, "imagePullPolicy": "Never",
                    "command": ["ping", "-i", "0.2", "-e", str(ident), cluster.remote_addr]}
@@ -48,25 +47,20 @@ def test_a_probe_measures_every_container_of_its_pod_or_only_spec_container(
            "spec": {"containers": containers, "restartPolicy": "Never"}}
     cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(pod))
     node = wait_for("pod duo Ready", lambda: ready_pod(cluster, namespace, "duo"), 120)["spec"]["nodeName"]
-
-    def probe_of(name: str, **spec: str) -> dict[str, Any]:
-        flow = {"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_id", "icmp_seq"]}
-        return {"apiVersion": "mace.dev/v1alpha1", "kind": "LatencyProbe", "metadata": {"name": name},
-                "spec": {"pod": "duo", "in": flow, "out": flow, **spec}}
+    flow = {"corr": ["icmp_id", "icmp_seq"], "info": ["icmp_id", "icmp_seq"]}
+    for name, extra in (("duo-all", {}), ("duo-second", {"container": "second"})):
+        probe = {"apiVersion": "mace.dev/v1alpha1", "kind": "LatencyProbe", "metadata": {"name": name},
+                 "spec": {"pod": "duo", "in": flow, "out": flow, **extra}}
+        cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(probe))
 
     # ping -e sets the id field as given; the field catalogue reads it in network order.
     either = {name: {ident, int.from_bytes(ident.to_bytes(2, "big"), "little")}
               for name, ident in ids.items()}
-    cluster.kubectl("apply", "-n", namespace, "-f", "-", input_text=json.dumps(probe_of("duo-all")))
-    status = wait_measuring(cluster, namespace, "duo-all", more_than=10)
-    assert status["results"]["scope"] == "cgroup" and status["results"]["targets"] == 2, status["results"]
+    whole = wait_measuring(cluster, namespace, "duo-all", more_than=10)
+    one = wait_measuring(cluster, namespace, "duo-second", more_than=10)
+    assert whole["results"]["scope"] == "cgroup" and whole["results"]["targets"] == 2, whole["results"]
+    assert one["results"]["targets"] == 1, one["results"]
     seen = _icmp_ids(cluster, node, namespace, "duo-all", 40)
     assert len(seen) == 2 and all(seen & both for both in either.values()), (seen, either)
-    cluster.kubectl("delete", "latencyprobe", "duo-all", "-n", namespace, "--wait", "--timeout=60s")
-
-    cluster.kubectl("apply", "-n", namespace, "-f", "-",
-                    input_text=json.dumps(probe_of("duo-second", container="second")))
-    status = wait_measuring(cluster, namespace, "duo-second", more_than=10)
-    assert status["results"]["targets"] == 1, status["results"]
     seen = _icmp_ids(cluster, node, namespace, "duo-second", 40)
     assert len(seen) == 1 and seen <= either["second"], (seen, either)
