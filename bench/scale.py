@@ -4,7 +4,11 @@ For 1, 10, 100 and 1,000 probes on one engine (all but one naming idle processes
 its own, as idle pods; the last one names a pinging process), this prints:
 
     syscall_ns     ns per non-blocking recvfrom of a process no probe names (bench/syscall_loop.c),
-                   against the same loop with no engine attached
+                   against the same loop with no engine attached (the idle processes and cgroups exist)
+    hook_ns        of which the engine's programs ran (kernel.bpf_stats_enabled): ns per call in the
+                   recvfrom entry and exit programs
+    packet_ns      ns per run of each outer-device program while ping runs (every packet of the device
+                   meets them, whoever it is for)
     add_ms         how long NodeEngine.add took for the probes (median and max): map writes only
     first_sample_s from adding a probe on the pinging process to its first measured packet
     rss_mib        the engine's process (bcc and LLVM included) with all the probes added
@@ -27,16 +31,17 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from benchlib import c_binary, machine, require_root
+from benchlib import BpfStats, c_binary, machine, require_root
 from mace_agent.cgroups import cgroup2_roots
 from mace_agent.config import EngineConfig
 from mace_agent.engine import NodeEngine, ProbeSpec
-from mace_agent.lab.processes import filter_text
-from mace_agent.lab.topology import Topology
 
 from mace.grammar import parse
 from mace.probe import Scope
+from mace_lab.processes import filter_text
+from mace_lab.topology import Topology
 
 CLONE_NEWNET = 0x40000000
 
@@ -62,6 +67,30 @@ def syscall_ns(t: Topology, calls: int) -> float:
     return float(json.loads(out.strip().splitlines()[-1])["ns_per_call"])
 
 
+def program_stats(bpf: Any) -> dict[str, tuple[int, int]]:
+    """(run_cnt, run_time_ns) of each of the engine's programs, from their file descriptors' fdinfo."""
+    found = {}
+    for name, fn in bpf.funcs.items():
+        values = dict.fromkeys(("run_cnt", "run_time_ns"), 0)
+        with open(f"/proc/self/fdinfo/{fn.fd}") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key in values:
+                    values[key] = int(value)
+        found[name.decode()] = (values["run_cnt"], values["run_time_ns"])
+    return found
+
+
+def cost(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
+         match: str) -> dict[str, float]:
+    """ns per run between two program_stats of the programs whose name contains ``match``."""
+    ns = {}
+    for name, (runs, total) in after.items():
+        if match in name and runs > before[name][0]:
+            ns[name.split("__", 1)[-1]] = round((total - before[name][1]) / (runs - before[name][0]), 1)
+    return ns
+
+
 def ping_rtt_us(t: Topology, count: int = 200) -> float:
     out = t.run(t.pod.ns, ["ping", "-n", "-q", "-c", str(count), "-i", "0.01", t.remote.ipv4], timeout=60)
     found = re.search(r"= [\d.]+/([\d.]+)/", out)
@@ -78,7 +107,7 @@ def main() -> int:
     root = Path(cgroup2_roots()[0]) / f"mace-bench-{os.getpid()}"
     root.mkdir()
     sleepers: list[subprocess.Popen[bytes]] = []
-    rows: list[dict[str, float | int | None]] = []
+    rows: list[dict[str, Any]] = []
     with Topology() as t:
         try:
             baseline = syscall_ns(t, args.calls)
@@ -97,6 +126,7 @@ def main() -> int:
             (pinger_group / "cgroup.procs").write_text(str(pinger.pid))
             sleepers.append(pinger)
             for count in counts:
+                idle_ns = syscall_ns(t, args.calls)
                 config = EngineConfig(max_probes=max(2 * count, 16), stream=True)
                 with NodeEngine(config) as engine:
                     adds = []
@@ -116,12 +146,22 @@ def main() -> int:
                         if probe.take_events():
                             first = time.monotonic() - began
                             break
-                    row = {"probes": count, "syscall_ns": round(syscall_ns(t, args.calls), 1),
-                           "syscall_ns_no_engine": round(baseline, 1),
+                    with BpfStats():
+                        before = program_stats(engine.bpf)
+                        loop_ns = syscall_ns(t, args.calls)
+                        after = program_stats(engine.bpf)
+                        rtt = ping_rtt_us(t)
+                        pinged = program_stats(engine.bpf)
+                    hook_ns = sum(cost(before, after, "recvfrom").values())
+                    row = {"probes": count, "syscall_ns": round(loop_ns, 1),
+                           "syscall_ns_no_engine": round(idle_ns, 1),
+                           "syscall_ns_no_engine_no_idle": round(baseline, 1),
+                           "hook_ns": round(hook_ns, 1),
+                           "packet_ns": {**cost(after, pinged, "net_dev"), **cost(after, pinged, "netif")},
                            "add_ms_median": round(statistics.median(adds) * 1e3, 3),
                            "add_ms_max": round(max(adds) * 1e3, 3),
                            "first_sample_s": None if first is None else round(first, 3),
-                           "rss_mib": round(rss_mib(), 1), "ping_rtt_us": round(ping_rtt_us(t), 1),
+                           "rss_mib": round(rss_mib(), 1), "ping_rtt_us": round(rtt, 1),
                            "attach_s": round(engine.attach_seconds, 2)}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
