@@ -12,6 +12,7 @@ import kopf
 import urllib3
 from kubernetes import client
 
+from mace_operator import metrics
 from mace_operator.agents import SERVICE_ACCOUNT_TOKEN, AgentClient, TokenSource
 from mace_operator.handlers import register, settings
 from mace_operator.kube import ConfigError, Kube, connection_info, load_configuration
@@ -39,6 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                              "(default: standalone)")
     parser.add_argument("--liveness", metavar="URL",
                         help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--metrics", metavar="ADDR",
+                        help="serve Prometheus metrics (every probe's phase, mace_probe_phase) on "
+                             "http://ADDR/metrics, e.g. 0.0.0.0:9465 (default: off)")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     return parser
@@ -56,6 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.agent_token_file is not None and not args.agent_token_file.is_file():
         print(f"mace-operator: --agent-token-file {args.agent_token_file}: no such file", file=sys.stderr)
         return 2
+    sock = None
+    if args.metrics is not None:
+        try:
+            sock = metrics.listen(args.metrics)
+        except (ValueError, OSError) as error:
+            print(f"mace-operator: --metrics {args.metrics}: {error}", file=sys.stderr)
+            return 2
     try:
         configuration = load_configuration(args.kubeconfig)
     except ConfigError as error:
@@ -82,6 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     reconciler = Reconciler(Kube(api),
                             AgentClient(_tokens(args.agent_token_file)))
     register(registry, reconciler)
+    if sock is not None:
+        phases = metrics.ProbePhases()
+        metrics.register(registry, phases, metrics.MetricsServer(sock, metrics.metrics_registry(phases)))
     try:
         kopf.run(
             registry=registry,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,17 @@ def test_bookkeeping_holds_the_spec_only() -> None:
                       "spec": spec, "status": {"phase": "Measuring"}})
     storage = settings(kopf.OperatorSettings()).persistence.diffbase_storage
     assert storage.build(body=body) == {"spec": spec}
+
+
+def test_metrics_address_must_be_host_and_port() -> None:
+    done = run("--metrics", "0.0.0.0")
+    assert done.returncode == 2 and "--metrics 0.0.0.0: expected HOST:PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_metrics_port_taken() -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        done = run("--metrics", address)
+    assert done.returncode == 2 and f"--metrics {address}:" in done.stderr and "in use" in done.stderr
+    assert "Traceback" not in done.stderr
