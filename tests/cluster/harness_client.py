@@ -238,3 +238,12 @@ class Cluster:
     def agent_programs(self) -> set[int]:
         """IDs of the eBPF programs the agent process holds open."""
         return self._agent_bpf_ids("prog")
+
+    # -- the operator -------------------------------------------------------------------------------
+
+    def operator_metrics(self) -> str:
+        """The operator's ``/metrics`` page."""
+        base = self.env.get("MACE_OPERATOR_METRICS_URL")
+        assert base, "this harness's operator serves no /metrics: tests/harness/cluster restart operator"
+        with urllib.request.urlopen(base + "/metrics", timeout=10) as response:
+            return str(response.read().decode())

@@ -165,12 +165,17 @@ def start_agent(state: dict[str, Any]) -> None:
 
 
 def start_operator(state: dict[str, Any]) -> None:
-    """The operator in the root namespace as the mace-operator ServiceAccount; waits for its liveness."""
+    """The operator in the root namespace as the mace-operator ServiceAccount, its /metrics on a port kept
+    across restarts (``MACE_OPERATOR_METRICS_URL``); waits for its liveness."""
     kubeconfig = str(HARNESS_DIR / f"{control_plane.OPERATOR_SA}.kubeconfig")
     liveness = f"http://127.0.0.1:{control_plane.free_port()}/healthz"
+    ports = dict(state.get("ports") or {})
+    if "operator_metrics" not in ports:
+        ports["operator_metrics"] = control_plane.free_port()
+        record(state, "ports", ports)
     proc = spawn("operator", [_bin("mace-operator"), "--kubeconfig", kubeconfig, "--all-namespaces",
                               "--agent-token-file", str(HARNESS_DIR / f"{control_plane.OPERATOR_SA}.token"),
-                              "--liveness", liveness],
+                              "--liveness", liveness, "--metrics", f"127.0.0.1:{ports['operator_metrics']}"],
                  LOGS_DIR / "operator.log")
     record_proc(state, "operator", proc)
 
@@ -271,9 +276,11 @@ def cmd_kubectl(args: argparse.Namespace) -> int:
 
 def print_env(state: dict[str, Any]) -> None:
     node = state.get("node") or {}
+    operator_metrics = (state.get("ports") or {}).get("operator_metrics", "")
     values = {"KUBECONFIG": str(KUBECONFIG), "MACE_REMOTE_ADDR": node.get("remote_ipv4", ""),
               "MACE_REMOTE_ADDR6": node.get("remote_ipv6", ""), "MACE_NODE": node_mod.NODE_NAME,
               "MACE_AGENT_URL": f"http://{node.get('node_ip', '')}:{AGENT_PORT}",
+              "MACE_OPERATOR_METRICS_URL": f"http://127.0.0.1:{operator_metrics}" if operator_metrics else "",
               "MACE_OPERATOR_TOKEN_FILE": str(HARNESS_DIR / f"{control_plane.OPERATOR_SA}.token"),
               "MACE_NODE_NETNS": node.get("netns", ""),
               "KUBECTL": (state.get("tools") or {}).get("KUBECTL", "")}
