@@ -1,6 +1,7 @@
 """The chart's dashboard and alert queries on a real Prometheus (Debian's) scraping the harness's real
-agent while it measures a real probe: every panel's query returns data for that probe, the rules pass
-``promtool check rules`` and ``promtool test rules``, and the latency alert fires on a low threshold."""
+agent while it measures a real probe, and its real operator: every panel's query returns data for that
+probe, the rules pass ``promtool check rules`` and ``promtool test rules``, the latency alert fires on a
+low threshold, and the not-measuring alert on probes no agent runs (their pod missing or not running)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,11 @@ from typing import Any
 
 import pytest
 import yaml
-from harness_client import REPO, Cluster, wait_for
+from harness_client import REPO, Cluster, unique, wait_for
 from kubectl_helpers import Measured, measured_probe
+from operator_helpers import BarePods
+
+from mace.probe import GROUP, PLURAL, VERSION
 
 pytestmark = pytest.mark.cluster
 CHART = REPO / "helm" / "mace"
@@ -102,21 +106,49 @@ def measured(cluster: Cluster) -> Iterator[Measured]:
         yield found
 
 
+@dataclass(frozen=True)
+class Stuck:
+    """Probes no agent runs: ``pending`` names a pod that never runs, ``failed`` one that does not exist."""
+
+    namespace: str
+    pending: str = "waits"
+    failed: str = "lost"
+
+
+@pytest.fixture(scope="module")
+def stuck(cluster: Cluster) -> Iterator[Stuck]:
+    found = Stuck(unique("mace-stuck"))
+    cluster.core.create_namespace({"metadata": {"name": found.namespace}})
+    pods = BarePods(cluster)
+    try:
+        pods.create(found.namespace, "sleepy", cluster.node)
+        cluster.create_probe(found.namespace, found.pending, "sleepy")
+        cluster.create_probe(found.namespace, found.failed, "no-such-pod")
+        yield found
+    finally:
+        for probe in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, found.namespace,
+                                                                  PLURAL)["items"]:
+            cluster.delete_probe(found.namespace, probe["metadata"]["name"])
+        pods.delete_all()
+
+
 @pytest.fixture(scope="module")
 def prometheus(cluster: Cluster, measured: Measured, tmp_path_factory: pytest.TempPathFactory
                ) -> Iterator[Prometheus]:
-    """Debian's Prometheus with its own config and data directory, scraping the harness agent every second
-    and evaluating the chart's rules rendered with a latency threshold every path exceeds."""
+    """Debian's Prometheus with its own config and data directory, scraping the harness agent and operator
+    every second and evaluating the chart's rules rendered with a latency threshold every path exceeds."""
     work = tmp_path_factory.mktemp("prometheus")
     rules = rules_file(render("--set-json", f"prometheusRule.p99ThresholdSeconds={LOW_THRESHOLD}",
                               "--set", "prometheusRule.latencyWindow=15s",
                               "--set", "prometheusRule.latencyFor=0s",
                               "--set", "prometheusRule.notMeasuringFor=0s"), work / "rules.yaml")
-    target = urllib.parse.urlsplit(cluster.agent_url).netloc
+    targets = {"mace-agent": cluster.agent_url, "mace-operator": cluster.env["MACE_OPERATOR_METRICS_URL"]}
     (work / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(rules)],
-        "scrape_configs": [{"job_name": "mace-agent", "static_configs": [{"targets": [target]}]}]}))
+        "scrape_configs": [{"job_name": job,
+                            "static_configs": [{"targets": [urllib.parse.urlsplit(url).netloc]}]}
+                           for job, url in targets.items()]}))
     port = _free_port()
     log = (work / "prometheus.log").open("w")
     proc = subprocess.Popen([_tool("prometheus"), f"--config.file={work / 'prometheus.yml'}",
@@ -187,7 +219,7 @@ def test_every_panel_query_returns_data_for_the_probe(prometheus: Prometheus, me
 
 
 def test_rules_pass_promtool_and_alert_on_real_data(prometheus: Prometheus, measured: Measured,
-                                                    tmp_path: Path) -> None:
+                                                    stuck: Stuck, tmp_path: Path) -> None:
     rules = rules_file(render(), tmp_path / "rules.yaml")
     check = subprocess.run([_tool("promtool"), "check", "rules", str(rules)], capture_output=True, text=True,
                            timeout=60, check=False)
@@ -200,13 +232,34 @@ def test_rules_pass_promtool_and_alert_on_real_data(prometheus: Prometheus, meas
 
     found = wait_for("MaceProbeLatencyHigh to fire with a 1 us threshold", firing, 60, 0.5)
     assert {a["labels"]["direction"] for a in found} == {"egress", "ingress"}
-    # The probe is Measuring and its agent connected: the other alerts' expressions select nothing for it.
+    # The probes no agent runs are not measuring, by the operator's phase; the measured probe is.
     groups = yaml.safe_load(rules.read_text())["groups"]
     exprs = {r["alert"]: r["expr"] for g in groups for r in g["rules"]}
-    assert not [s for s in prometheus.query(exprs["MaceProbeNotMeasuring"])
-                if s["metric"].get("probe") == measured.probe]
+    want = {(stuck.pending, "Pending"), (stuck.failed, "Failed")}
+
+    def not_measuring() -> list[dict[str, str]] | None:
+        found = [s["metric"] for s in prometheus.query(exprs["MaceProbeNotMeasuring"])]
+        mine = {(m["probe"], m.get("phase", "")) for m in found if m["namespace"] == stuck.namespace}
+        return found if mine == want else None
+
+    selected = wait_for(f"MaceProbeNotMeasuring's expression to select {want}", not_measuring, 60, 0.5)
+    assert (measured.namespace, measured.probe) not in {(m["namespace"], m["probe"]) for m in selected}
+
+    def stuck_firing() -> set[tuple[str, str]] | None:
+        alerts = prometheus.get("/api/v1/alerts")["alerts"]
+        found = {(a["labels"]["probe"], a["labels"].get("phase", "")) for a in alerts
+                 if a["labels"]["alertname"] == "MaceProbeNotMeasuring" and a["state"] == "firing"
+                 and a["labels"]["namespace"] == stuck.namespace}
+        return found if found == want else None
+
+    wait_for("MaceProbeNotMeasuring to fire for the stuck probes", stuck_firing, 60, 0.5)
     assert not prometheus.query(exprs["MaceAgentDisconnected"])
-    assert prometheus.query(exprs["MaceProbeNotMeasuring"].replace('state!="Measuring"', 'state="Measuring"'))
+    # Both halves of the expression read real series: asked for Measuring, each finds the measured probe.
+    measuring = (exprs["MaceProbeNotMeasuring"].replace('"Pending|Failed"', '"Measuring"')
+                 .replace('"Attaching|Error"', '"Measuring"'))
+    assert measured.probe in {s["metric"]["probe"] for s in prometheus.query(measuring)}
+    for half in measuring.split(" or on (namespace, probe) "):
+        assert measured.probe in {s["metric"]["probe"] for s in prometheus.query(half)}, half
 
 
 PROMTOOL_TESTS = """
@@ -227,14 +280,20 @@ tests:
         values: '0+60x30'
       - series: '{bucket}{{{fast},le="+Inf"}}'
         values: '0+60x30'
+      # The agents' run states: "stuck" (Measuring to the operator) and "silent" (Pending to the operator:
+      # its agent stopped reporting) in Error, "fine" measuring.
       - series: 'mace_probe_state{{namespace="apps",probe="stuck",state="Error"}}'
         values: '1x30'
       - series: 'mace_probe_state{{namespace="apps",probe="stuck",state="Measuring"}}'
         values: '0x30'
+      - series: 'mace_probe_state{{namespace="apps",probe="silent",state="Error"}}'
+        values: '1x30'
       - series: 'mace_probe_state{{namespace="apps",probe="fine",state="Measuring"}}'
         values: '1x30'
       - series: 'mace_probe_state{{namespace="apps",probe="fine",state="Error"}}'
         values: '0x30'
+      # The operator's phases (no agent runs "waiting" and "broken").
+{phases}
       - series: 'mace_agent_api_connected{{instance="node-a:9464"}}'
         values: '0x30'
     alert_rule_test:
@@ -251,12 +310,32 @@ tests:
       - eval_time: 5m
         alertname: MaceProbeNotMeasuring
         exp_alerts: []
+      # One alert per probe: by its phase where the operator's says Pending or Failed ("silent" too, not
+      # also by its agent's Error), else by its agent's run state; none for Measuring or Completed.
       - eval_time: 15m
         alertname: MaceProbeNotMeasuring
         exp_alerts:
+          - exp_labels: {{namespace: apps, probe: waiting, phase: Pending, severity: warning}}
+            exp_annotations:
+              summary: "LatencyProbe apps/waiting is not Measuring: phase Pending"
+              description: >-
+                The operator has held it in phase Pending for 10m:
+                kubectl describe latencyprobe -n apps waiting shows why.
+          - exp_labels: {{namespace: apps, probe: broken, phase: Failed, severity: warning}}
+            exp_annotations:
+              summary: "LatencyProbe apps/broken is not Measuring: phase Failed"
+              description: >-
+                The operator has held it in phase Failed for 10m:
+                kubectl describe latencyprobe -n apps broken shows why.
+          - exp_labels: {{namespace: apps, probe: silent, phase: Pending, severity: warning}}
+            exp_annotations:
+              summary: "LatencyProbe apps/silent is not Measuring: phase Pending"
+              description: >-
+                The operator has held it in phase Pending for 10m:
+                kubectl describe latencyprobe -n apps silent shows why.
           - exp_labels: {{namespace: apps, probe: stuck, state: Error, severity: warning}}
             exp_annotations:
-              summary: "LatencyProbe apps/stuck is Error, not Measuring"
+              summary: "LatencyProbe apps/stuck is not Measuring: its agent's run is Error"
               description: >-
                 Its agent has held the run in state Error for 10m:
                 kubectl describe latencyprobe -n apps stuck shows why.
@@ -272,12 +351,29 @@ tests:
 """
 
 
+PHASE_OF = {"waiting": "Pending", "broken": "Failed", "silent": "Pending", "stuck": "Measuring",
+            "fine": "Measuring", "done": "Completed"}
+"""The operator's phase of each synthetic probe."""
+
+
+def phase_series() -> str:
+    """promtool input series of mace_probe_phase for PHASE_OF: 1 for each probe's phase, 0 for the others."""
+    lines = []
+    for probe, phase in PHASE_OF.items():
+        for other in ("Pending", "Measuring", "Failed", "Completed"):
+            labels = f'namespace="apps",probe="{probe}",phase="{other}"'
+            lines += [f"      - series: 'mace_probe_phase{{{labels}}}'",
+                      f"        values: '{int(other == phase)}x30'"]
+    return "\n".join(lines)
+
+
 def test_alerts_fire_on_synthetic_series_with_the_default_values(tmp_path: Path) -> None:
     rules = rules_file(render(), tmp_path / "rules.yaml")
     tests = tmp_path / "tests.yaml"
     tests.write_text(PROMTOOL_TESTS.format(rules=rules, bucket="mace_probe_latency_seconds_bucket",
                                            slow='namespace="apps",probe="slow",direction="egress"',
-                                           fast='namespace="apps",probe="fast",direction="egress"'))
+                                           fast='namespace="apps",probe="fast",direction="egress"',
+                                           phases=phase_series()))
     done = subprocess.run([_tool("promtool"), "test", "rules", str(tests)], capture_output=True, text=True,
                           timeout=60, check=False)
     assert done.returncode == 0, done.stdout + done.stderr

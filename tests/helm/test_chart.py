@@ -27,7 +27,7 @@ NON_DEFAULT: dict[str, Any] = {
     "image": {"registry": "registry.example.com/team", "tag": "1.2.3", "pullPolicy": "Always",
               "pullSecrets": [{"name": "regcred"}]},
     "operator": {"watchNamespaces": ["apps", "web"], "verbose": True, "extraArgs": ["--quiet"],
-                 "nodeSelector": {"kubernetes.io/os": "linux"}},
+                 "nodeSelector": {"kubernetes.io/os": "linux"}, "metricsPort": 9600},
     "agent": {"image": {"repository": "mirror.example.com/mace-agent", "tag": "edge"}, "port": 9500,
               "listen": "all", "maxProbes": 20, "publishIntervalSeconds": 2, "verbose": True,
               "vxlanPorts": [4790],
@@ -80,7 +80,8 @@ def test_default_render_has_every_object(tools: Tools) -> None:
         ("ServiceAccount", "mace-operator"), ("ServiceAccount", "mace-agent"),
         ("ClusterRole", "mace-operator"), ("ClusterRole", "mace-agent"),
         ("ClusterRoleBinding", "mace-operator"), ("ClusterRoleBinding", "mace-agent"),
-        ("Deployment", "mace-operator"), ("DaemonSet", "mace-agent"), ("Service", "mace-agent")])
+        ("Deployment", "mace-operator"), ("DaemonSet", "mace-agent"), ("Service", "mace-agent"),
+        ("Service", "mace-operator")])
     crd = one(objects, "CustomResourceDefinition")
     generated = yaml.safe_load((REPO / "crds" / "latencyprobe.yaml").read_text())
     assert crd["spec"] == generated["spec"]
@@ -159,8 +160,21 @@ def test_operator_runs_unprivileged(tools: Tools) -> None:
     assert c["securityContext"]["allowPrivilegeEscalation"] is False
     assert c["securityContext"]["capabilities"] == {"drop": ["ALL"]}
     assert c["securityContext"]["readOnlyRootFilesystem"] is True
-    assert c["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert c["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz",
+                         "--metrics=0.0.0.0:9465"]
     assert c["image"] == "ghcr.io/mace-dev/mace-operator:0.1.0"
+
+
+def test_operator_metrics_have_a_service(tools: Tools) -> None:
+    objects = tools.render()
+    ports = {p["name"]: p["containerPort"] for p in container(one(objects, "Deployment"))["ports"]}
+    assert ports == {"liveness": 8080, "metrics": 9465}
+    service = one(objects, "Service", "-operator")
+    pod_labels = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    assert service["spec"]["selector"]["app.kubernetes.io/component"] == "operator"
+    assert service["spec"]["ports"] == [{"name": "metrics", "port": 9465, "targetPort": "metrics",
+                                         "protocol": "TCP"}]
 
 
 def test_apparmor_profile_follows_the_kubernetes_version(tools: Tools) -> None:
@@ -184,7 +198,9 @@ def test_non_default_values_render_as_asked(tools: Tools, tmp_path: Path) -> Non
     assert op["image"] == "registry.example.com/team/mace-operator:1.2.3"
     assert op["imagePullPolicy"] == "Always"
     assert op["args"] == ["--namespace=apps", "--namespace=web", "--liveness=http://0.0.0.0:8080/healthz",
-                          "--verbose", "--quiet"]
+                          "--metrics=0.0.0.0:9600", "--verbose", "--quiet"]
+    assert {"name": "metrics", "containerPort": 9600} in op["ports"]
+    assert one(objects, "Service", "-operator")["spec"]["ports"][0]["port"] == 9600
     assert operator["spec"]["template"]["spec"]["imagePullSecrets"] == [{"name": "regcred"}]
     assert operator["spec"]["template"]["spec"]["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert rules(one(objects, "ClusterRole", "-operator"))[("", "namespaces")] == {"list", "watch"}
@@ -199,16 +215,23 @@ def test_non_default_values_render_as_asked(tools: Tools, tmp_path: Path) -> Non
     spec = agent["spec"]["template"]["spec"]
     assert all("hostPath" not in v for v in spec["volumes"])
     assert "tolerations" not in spec and spec["priorityClassName"] == "system-node-critical"
-    monitor = one(objects, "ServiceMonitor")
-    assert monitor["metadata"]["labels"]["release"] == "prometheus"
-    assert monitor["spec"]["endpoints"][0]["port"] == "http"
-    assert monitor["spec"]["selector"]["matchLabels"] == one(objects, "Service")["spec"]["selector"]
+    # One ServiceMonitor per component, each selecting its Service, keeping the probes' namespace label.
+    for component, port in (("agent", "http"), ("operator", "metrics")):
+        monitor = one(objects, "ServiceMonitor", f"-{component}")
+        assert monitor["metadata"]["labels"]["release"] == "prometheus"
+        endpoint = monitor["spec"]["endpoints"][0]
+        assert endpoint["port"] == port and endpoint["path"] == "/metrics" and endpoint["honorLabels"] is True
+        service = one(objects, "Service", f"-{component}")
+        assert monitor["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+        assert port in {p["name"] for p in service["spec"]["ports"]}
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": ["observability"]}
 
 
 def test_privileged_agent_and_no_crd(tools: Tools) -> None:
     objects = tools.render("--set", "agent.privileged=true", "--set", "crds.install=false",
                            "--set", "service.enabled=false")
     assert not by_kind(objects, "CustomResourceDefinition") and not by_kind(objects, "Service")
+    assert "--metrics=0.0.0.0:9465" in container(one(objects, "Deployment"))["args"]
     security = container(one(objects, "DaemonSet"))["securityContext"]
     assert security["privileged"] is True and "capabilities" not in security
 
@@ -223,6 +246,7 @@ def test_privileged_agent_and_no_crd(tools: Tools) -> None:
     ("agent.vxlanPorts={4789,70000}", "/agent/vxlanPorts/1"),
     ("image.pullPolicy=Sometimes", "/image/pullPolicy"),
     ("operator.replicas=3", "replicas"),
+    ("operator.metricsPort=0", "/operator/metricsPort"),
     ("serviceMonitor.interval=often", "/serviceMonitor/interval"),
 ])
 def test_schema_refuses_bad_values(tools: Tools, setting: str, complaint: str) -> None:

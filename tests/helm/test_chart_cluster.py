@@ -132,7 +132,7 @@ def test_install_grants_least_privilege_and_uninstall_leaves_nothing(tools: Tool
 
         objects = left_of(tools, kubeconfig, release)
         assert sorted(o.split("/")[0] for o in objects if "sh.helm.release" not in o) == sorted([
-            "serviceaccount", "serviceaccount", "service", "deployment.apps", "daemonset.apps",
+            "serviceaccount", "serviceaccount", "service", "service", "deployment.apps", "daemonset.apps",
             "clusterrole.rbac.authorization.k8s.io", "clusterrole.rbac.authorization.k8s.io",
             "clusterrolebinding.rbac.authorization.k8s.io", "clusterrolebinding.rbac.authorization.k8s.io"])
 

@@ -44,6 +44,10 @@ def test_prometheus_rule_renders_the_alerts_with_the_values(tools: Tools) -> Non
     assert set(alerts) == {"MaceProbeLatencyHigh", "MaceProbeNotMeasuring", "MaceAgentDisconnected"}
     assert alerts["MaceProbeLatencyHigh"]["expr"].endswith("> 0.0005")
     assert alerts["MaceProbeLatencyHigh"]["for"] == "10m"
+    # Probes no agent runs yet are seen in the operator's phase, the others in their agent's run state.
+    assert 'mace_probe_phase{phase=~"Pending|Failed"} == 1' in alerts["MaceProbeNotMeasuring"]["expr"]
+    assert 'mace_probe_state{state=~"Attaching|Error"} == 1' in alerts["MaceProbeNotMeasuring"]["expr"]
+    assert alerts["MaceProbeNotMeasuring"]["for"] == "10m"
 
 
 @pytest.mark.parametrize("bad", ["prometheusRule.p99ThresholdSeconds=-1", "prometheusRule.latencyFor=ten",
