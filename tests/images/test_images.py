@@ -163,6 +163,14 @@ def test_agent_image_entrypoint_runs_the_agent_commands(built: Built, containerd
     assert "--node" in done.stdout and "--operator-username" in done.stdout
 
 
+@pytest.mark.parametrize("component", ["agent", "operator"])
+def test_images_ship_no_test_lab(built: Built, containerd: Containerd, component: str) -> None:
+    """The lab stays in the source checkout: ``mace demo`` in an image says so, without a traceback."""
+    done = run(containerd, getattr(built, component), ["mace", "demo"])
+    assert done.returncode == 1
+    assert done.stderr.startswith("mace demo: needs the test lab"), done.stderr
+
+
 class ImageAgent(AgentProcess):
     """``mace-agent run`` inside the agent image (``ctr run`` in the foreground forwards signals)."""
 
