@@ -11,16 +11,24 @@ throughout; the configurations alternate around it in rounds, in a fresh random 
     nonmatch      the engine, filter naming another process (an idle one in the same pod)
     match-stream  the engine, filter naming the client, per-packet event stream on
     match-hist    the same engine, histograms only (no per-packet crossing to user space)
+    tcpdump       no programs; two packet captures in the node namespace, ``tcpdump -i DEV -w /dev/null
+                  -U -n`` on the outer device and on the pod's host-side veth: the way people measure
+                  this by hand, the peer a user would pick instead, so each figure also reads against it
 
 Programs are compiled once per workload by bench/hookctl.py in the node namespace and attached
-and detached between windows; a window starts 0.1 s after attaching. For each round and
+and detached between windows; a window starts 0.1 s after attaching. The captures are started
+for each of their windows (the window starts 0.1 s after both print "listening on") and ended by PID
+after it; their closing counts are kept (received by the filter: what the kernel copied into
+their rings; captured: what tcpdump read, usually 0 in windows under a second, as tcpdump without
+--immediate-mode wakes for a ring block only when it fills or after 1 s). For each round and
 configuration the median RTT of the probes sent in its window is compared with the same round's
 no-agent window; the figure is the median of these paired differences over rounds, with a 95%
 bootstrap interval. A final phase at 1000 probes/s, with kernel.bpf_stats_enabled=1 (restored
 after), reads each program's run count and run time to show where the cost is. --experiment adds
 the empty programs split into the system-call tracepoints and the other (raw) tracepoints, and empty
 raw tracepoints on every system call in place of the system-call tracepoints (empty-rawsys);
---configs runs only the configurations it names (and none).
+--configs runs only the configurations it names (and none). Without tcpdump installed, its
+configuration is skipped with a message.
 
 Run: sudo .venv/bin/python bench/rtt_overhead.py [--rounds N] [--workloads udp,ping] [--rates 1000,5]
      [--experiment | --configs empty-syscalls,empty-rawsys,...]
@@ -32,9 +40,11 @@ import argparse
 import bisect
 import random
 import re
+import shutil
+import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,7 +73,9 @@ from benchlib import (
 from mace_lab.processes import Child, filter_text
 from mace_lab.topology import Topology
 
-CONFIGS = ("none", "empty", "nonmatch", "match-stream", "match-hist")
+CONFIGS = ("none", "empty", "nonmatch", "match-stream", "match-hist", "tcpdump")
+PEERS = ("tcpdump",)
+"""Configurations that are other tools, not program sets of hookctl."""
 EXPERIMENTS = ("empty-syscalls", "empty-net", "empty-rawsys")
 PROGRAMS = {
     # configuration: (program set, hookctl kind, whose PID the filter names, stream on)
@@ -79,6 +91,8 @@ PORT = 7101
 GUARD_S = 0.1
 LOST = -1
 TARGET_US = {1000.0: 3.0, 5.0: 5.0}
+CAPTURE_READY_S = 30.0
+_CAPTURE_STATS = re.compile(r"^(\d+) packets? (captured|received by filter|dropped by kernel)$")
 FIELDS = {"udp": ["udp_payload"], "ping": ["icmp_seq"]}
 _PING_LINE = re.compile(r"^\[(\d+)\.(\d+)\].*icmp_seq=\d+.* time=([\d.]+) ms")
 
@@ -131,6 +145,40 @@ class Window:
     start: int
     end: int
     matched: int | None = None
+    captured: dict[str, dict[str, int]] | None = None
+    """tcpdump's closing counts per device (``captured``, ``dropped by kernel``, ...)."""
+
+
+def _listening(capture: Child) -> Callable[[], bool]:
+    """Whether tcpdump has said on stderr that it captures."""
+    return lambda: any("listening on" in line for line in capture.stderr_lines)
+
+
+def start_captures(t: Topology) -> dict[str, Child]:
+    """tcpdump on the outer device and on the pod's veth, in the node namespace, once both listen."""
+    captures = {}
+    try:
+        for dev in (t.remote.uplink, t.pod.host_veth):
+            captures[dev] = Child(t, t.node, ["tcpdump", "-i", dev, "-w", "/dev/null", "-U", "-n"])
+        for capture in captures.values():
+            capture.wait_until(_listening(capture), CAPTURE_READY_S, '"listening on"')
+    except RuntimeError:  # ChildError: one ended or never listened
+        for capture in captures.values():
+            capture.kill()
+        raise
+    return captures
+
+
+def stop_captures(captures: dict[str, Child]) -> dict[str, dict[str, int]]:
+    """End each capture by PID (SIGTERM: it prints its counts) and return its counts."""
+    counts = {}
+    for dev, capture in captures.items():
+        capture.signal(signal.SIGTERM)
+        capture.wait_exit()
+        capture.kill()  # closes its pipes
+        found = (_CAPTURE_STATS.match(line) for line in capture.stderr_lines)
+        counts[dev] = {m.group(2): int(m.group(1)) for m in found if m}
+    return counts
 
 
 def run_series(
@@ -144,6 +192,8 @@ def run_series(
     loads = {}
     names = {}
     for config in series.configs[1:]:
+        if config in PEERS:
+            continue
         program_set, kind, whose, _ = PROGRAMS[config]
         names[config] = set_name = f"{series.key}:{program_set}"
         if set_name not in loads:
@@ -158,10 +208,13 @@ def run_series(
             name = names.get(config)
             if name is not None:
                 ctl.attach(name, PROGRAMS[config][3])
+            captures = start_captures(t) if config == "tcpdump" else {}
             start = time.monotonic_ns() + int(GUARD_S * 1e9)
             end = start + int(series.seconds * 1e9)
             time.sleep((end - time.monotonic_ns()) / 1e9)  # the measurement window itself
             window = Window(config, round_no, start, time.monotonic_ns())
+            if captures:
+                window.captured = stop_captures(captures)
             if name is not None:
                 reply = ctl.request("detach", name=name)
                 if "counters" in reply:
@@ -230,6 +283,14 @@ def analyse(series: Series, raw: Record, rng: random.Random) -> Record:
         }
         if config.startswith("match"):
             entry["engine_measured"] = matched[config]
+        if config == "tcpdump":
+            counts: dict[str, dict[str, int]] = {}
+            for w in raw["windows"]:
+                for dev, found in (w.captured or {}).items():
+                    for what, n in found.items():
+                        counts.setdefault(dev, {}).setdefault(what, 0)
+                        counts[dev][what] += n
+            entry["tcpdump_counts"] = counts
         if config != "none":
             diffs = [
                 median(per_window[config, r]) - median(per_window["none", r])
@@ -272,6 +333,7 @@ def report(results: dict[str, Record]) -> list[str]:
     ]
     for key, res in results.items():
         target = TARGET_US.get(res["rate"])
+        peer = res["configs"].get("tcpdump", {}).get("paired_diff_us")
         for config, entry in res["configs"].items():
             diff = entry.get("paired_diff_us")
             text, verdict = "", ""
@@ -279,6 +341,9 @@ def report(results: dict[str, Record]) -> list[str]:
                 text = f"{diff['median']:+.1f} us [{diff['ci95'][0]:+.1f}, {diff['ci95'][1]:+.1f}]"
                 if config.startswith("match") and target is not None and key.startswith("udp"):
                     verdict = f"< {target:g} us: {'met' if diff['median'] < target else 'MISSED'}"
+                engine = config in ("nonmatch", "match-stream", "match-hist")
+                if peer and peer["median"] > 0 and diff["median"] > 0 and engine:
+                    verdict += f" (x{diff['median'] / peer['median']:.2f} of tcpdump's)"
             pooled = entry.get("pooled_diff_us")
             if pooled is not None:
                 verdict += f" (pooled medians: {pooled['median']:+.1f} us [{pooled['ci95'][0]:+.1f}, "
@@ -287,6 +352,12 @@ def report(results: dict[str, Record]) -> list[str]:
                 f"{key:<14} {config:<21} {entry['probes']:>7} {entry['rtt_us']['p50']:>7.1f}us "
                 f"{entry['rtt_us']['p99']:>7.1f}us  {text:<40} {verdict}"
             )
+            for dev, counts in entry.get("tcpdump_counts", {}).items():
+                lines.append(
+                    f"{'':<14} tcpdump on {dev}: {counts.get('received by filter', '?')} packets received "
+                    f"by its filter, {counts.get('captured', '?')} captured (read by tcpdump), "
+                    f"{counts.get('dropped by kernel', '?')} dropped by the kernel (all its windows)"
+                )
         for config, prof in res.get("profile", {}).items():
             top = sorted(prof["programs"].items(), key=lambda kv: -kv[1]["ns"])[:4]
             parts = ", ".join(f"{short(n)} {c['runs']}x{c['ns_per_run']:.0f}ns" for n, c in top if c["runs"])
@@ -345,12 +416,17 @@ def main() -> int:
         parser.error("--workloads takes udp and/or ping")
     if args.rounds < 2 or any(r <= 0 for r in rates):
         parser.error("--rounds must be at least 2 and rates positive")
-    configs = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
+    configs: tuple[str, ...] = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
     if args.configs:
         configs = ("none", *(c for c in args.configs.split(",") if c and c != "none"))
-        if unknown := set(configs) - set(PROGRAMS) - {"none"}:
-            parser.error(f"--configs: unknown {', '.join(sorted(unknown))}; known: {', '.join(PROGRAMS)}")
+        if unknown := set(configs) - set(PROGRAMS) - {"none", *PEERS}:
+            known = ", ".join((*PROGRAMS, *PEERS))
+            parser.error(f"--configs: unknown {', '.join(sorted(unknown))}; known: {known}")
     require_root()
+    if "tcpdump" in configs and shutil.which("tcpdump") is None:
+        print("rtt_overhead: skipping the tcpdump configuration: tcpdump is not installed "
+              "(apt-get install -y tcpdump)", file=sys.stderr, flush=True)
+        configs = tuple(c for c in configs if c != "tcpdump")
     rng = random.Random(args.seed)
     began = time.monotonic()
     info = machine() | {"tracing_programs_before": tracing_programs()}
