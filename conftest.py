@@ -21,6 +21,7 @@ the harness's users share one harness session, and the suites that build images 
 node share one worker; each group's tests run in order, the two groups side by side."""
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         parts = Path(str(item.path)).resolve().relative_to(ROOT).parts
