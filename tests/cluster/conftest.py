@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 from harness_client import Cluster, harness_session, skip_reason, unique
+from operator_helpers import BarePods
 
 from mace.probe import GROUP, PLURAL, VERSION
 
@@ -44,3 +45,11 @@ def namespace(cluster: Cluster) -> Iterator[str]:
         cluster.delete_pod(name, pod.metadata.name)
     for probe in cluster.custom.list_namespaced_custom_object(GROUP, VERSION, name, PLURAL)["items"]:
         cluster.delete_probe(name, probe["metadata"]["name"])
+
+
+@pytest.fixture
+def pods(cluster: Cluster) -> Iterator[BarePods]:
+    """Pod objects with no process behind them, made by the test and deleted after it."""
+    made = BarePods(cluster)
+    yield made
+    made.delete_all()

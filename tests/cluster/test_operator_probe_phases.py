@@ -4,8 +4,6 @@ after an operator restart, follows a probe to Measuring, and drops a deleted pro
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 from harness_client import Cluster, harness, wait_for
 from operator_helpers import BarePods
@@ -13,13 +11,6 @@ from prometheus_client.parser import text_string_to_metric_families
 
 pytestmark = pytest.mark.cluster
 PHASES = ("Pending", "Measuring", "Failed", "Completed")
-
-
-@pytest.fixture
-def pods(cluster: Cluster) -> Iterator[BarePods]:
-    made = BarePods(cluster)
-    yield made
-    made.delete_all()
 
 
 def phases(cluster: Cluster, namespace: str) -> dict[str, dict[str, float]]:

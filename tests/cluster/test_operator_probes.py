@@ -8,7 +8,6 @@ a node without a Mace agent), so these tests need neither traffic nor the agent.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,6 @@ pytestmark = pytest.mark.cluster
 
 TWICE = {"corr": ["ip_proto", "ip_prot0", "icmp_seq"]}
 """A flow spec that passes the schema (an alias) but not the models: the field is listed twice."""
-
-
-@pytest.fixture
-def pods(cluster: Cluster) -> Iterator[BarePods]:
-    made = BarePods(cluster)
-    yield made
-    made.delete_all()
 
 
 def probes(cluster: Cluster, namespace: str) -> dict[str, dict[str, Any]]:
