@@ -12,11 +12,11 @@ its own, as idle pods; the last one names a pinging process), this prints:
     add_ms         how long NodeEngine.add took for the probes (median and max): map writes only
     first_sample_s from adding a probe on the pinging process to its first measured packet
     rss_mib        the engine's process (bcc and LLVM included) with all the probes added
-    ping_rtt_us    ping's median RTT (ping -i 0.01) with the probes attached
+    ping_rtt_us    ping's average RTT (ping -i 0.002, --pings of them) with the probes attached
 
 The engine runs in the lab topology's node namespace, in this process (setns before any thread).
 
-Run: sudo .venv/bin/python bench/scale.py [--counts 1,10,100,1000] [--calls N]
+Run: sudo .venv/bin/python bench/scale.py [--counts 1,10,100,1000] [--calls N] [--pings N]
 """
 
 from __future__ import annotations
@@ -91,8 +91,9 @@ def cost(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
     return ns
 
 
-def ping_rtt_us(t: Topology, count: int = 200) -> float:
-    out = t.run(t.pod.ns, ["ping", "-n", "-q", "-c", str(count), "-i", "0.01", t.remote.ipv4], timeout=60)
+def ping_rtt_us(t: Topology, count: int) -> float:
+    out = t.run(t.pod.ns, ["ping", "-n", "-q", "-c", str(count), "-i", "0.002", t.remote.ipv4],
+                timeout=60 + count * 0.01)
     found = re.search(r"= [\d.]+/([\d.]+)/", out)
     return float(found.group(1)) * 1000 if found else float("nan")
 
@@ -101,6 +102,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="1,10,100,1000")
     parser.add_argument("--calls", type=int, default=300_000)
+    parser.add_argument("--pings", type=int, default=2000, help="pings for the packet and RTT figures")
     args = parser.parse_args()
     require_root()
     counts = [int(c) for c in args.counts.split(",")]
@@ -150,7 +152,7 @@ def main() -> int:
                         before = program_stats(engine.bpf)
                         loop_ns = syscall_ns(t, args.calls)
                         after = program_stats(engine.bpf)
-                        rtt = ping_rtt_us(t)
+                        rtt = ping_rtt_us(t, args.pings)
                         pinged = program_stats(engine.bpf)
                     hook_ns = sum(cost(before, after, "recvfrom").values())
                     row = {"probes": count, "syscall_ns": round(loop_ns, 1),
