@@ -313,8 +313,8 @@ class NodeEngine(_Attached):
         return [(key,) for key in sorted(cgroups)] + ([tuple(sorted(processes))] if processes else [])
 
     def add(self, spec: ProbeSpec) -> Probe:
-        """Measure a probe from now on (map writes only; a probe equal to one measured already
-        shares its slot and reads it from now on).
+        """Measure a probe from now on (map writes only; a target measured already with the same flow
+        specs and device keeps its slot, which the new probe reads from now on).
 
         Raises TargetError (no such process or device), ProbeLimitError (no room), KernelFeatureError
         (UDP ingress on a kernel that cannot measure it).
