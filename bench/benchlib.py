@@ -442,6 +442,21 @@ class HookControl:
             self.proc.wait(timeout=timeout)
 
 
+def program_stats(bpf: Any) -> dict[str, dict[str, int]]:
+    """``run_cnt`` and ``run_time_ns`` of each program of a bcc object loaded in this process, from the
+    programs' fdinfo (counted while ``kernel.bpf_stats_enabled`` is 1)."""
+    found: dict[str, dict[str, int]] = {}
+    for name, fn in bpf.funcs.items():
+        values = dict.fromkeys(("run_cnt", "run_time_ns"), 0)
+        with open(f"/proc/self/fdinfo/{fn.fd}") as info:
+            for line in info:
+                key, _, value = line.partition(":")
+                if key in values:
+                    values[key] = int(value)
+        found[name.decode()] = values
+    return found
+
+
 def program_cost(before: Record, after: Record) -> dict[str, dict[str, float]]:
     """Per program: runs and nanoseconds between two ``stats`` replies (needs kernel.bpf_stats_enabled)."""
     cost = {}

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from benchlib import program_stats
 from mace_agent import kernel
 from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
@@ -95,16 +96,7 @@ class Programs:
 
     def stats(self) -> dict[str, dict[str, int]]:
         """run_cnt and run_time_ns of each loaded program."""
-        found: dict[str, dict[str, int]] = {}
-        for name, fn in self.bpf.funcs.items():
-            values: dict[str, int] = {}
-            with open(f"/proc/self/fdinfo/{fn.fd}") as info:
-                for line in info:
-                    key, _, value = line.partition(":")
-                    if key in ("run_cnt", "run_time_ns"):
-                        values[key] = int(value)
-            found[name.decode()] = values
-        return found
+        return program_stats(self.bpf)
 
 
 class Loaded:

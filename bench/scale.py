@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchlib import BpfStats, c_binary, machine, require_root
+from benchlib import BpfStats, Record, c_binary, machine, program_cost, program_stats, require_root
 from mace_agent.cgroups import cgroup2_roots
 from mace_agent.config import EngineConfig
 from mace_agent.engine import NodeEngine, ProbeSpec
@@ -67,28 +67,10 @@ def syscall_ns(t: Topology, calls: int) -> float:
     return float(json.loads(out.strip().splitlines()[-1])["ns_per_call"])
 
 
-def program_stats(bpf: Any) -> dict[str, tuple[int, int]]:
-    """(run_cnt, run_time_ns) of each of the engine's programs, from their file descriptors' fdinfo."""
-    found = {}
-    for name, fn in bpf.funcs.items():
-        values = dict.fromkeys(("run_cnt", "run_time_ns"), 0)
-        with open(f"/proc/self/fdinfo/{fn.fd}") as info:
-            for line in info:
-                key, _, value = line.partition(":")
-                if key in values:
-                    values[key] = int(value)
-        found[name.decode()] = (values["run_cnt"], values["run_time_ns"])
-    return found
-
-
-def cost(before: dict[str, tuple[int, int]], after: dict[str, tuple[int, int]],
-         match: str) -> dict[str, float]:
-    """ns per run between two program_stats of the programs whose name contains ``match``."""
-    ns = {}
-    for name, (runs, total) in after.items():
-        if match in name and runs > before[name][0]:
-            ns[name.split("__", 1)[-1]] = round((total - before[name][1]) / (runs - before[name][0]), 1)
-    return ns
+def cost(before: Record, after: Record, match: str) -> dict[str, float]:
+    """ns per run between two program_stats records of the programs whose name contains ``match``."""
+    return {name.split("__", 1)[-1]: c["ns_per_run"] for name, c in program_cost(before, after).items()
+            if match in name and c["runs"]}
 
 
 def ping_rtt_us(t: Topology, count: int) -> float:
@@ -149,11 +131,11 @@ def main() -> int:
                             first = time.monotonic() - began
                             break
                     with BpfStats():
-                        before = program_stats(engine.bpf)
+                        before = {"programs": program_stats(engine.bpf)}
                         loop_ns = syscall_ns(t, args.calls)
-                        after = program_stats(engine.bpf)
+                        after = {"programs": program_stats(engine.bpf)}
                         rtt = ping_rtt_us(t, args.pings)
-                        pinged = program_stats(engine.bpf)
+                        pinged = {"programs": program_stats(engine.bpf)}
                     hook_ns = sum(cost(before, after, "recvfrom").values())
                     row = {"probes": count, "syscall_ns": round(loop_ns, 1),
                            "syscall_ns_no_engine": round(idle_ns, 1),
