@@ -44,6 +44,7 @@ import shutil
 import signal
 import sys
 import time
+from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -284,13 +285,11 @@ def analyse(series: Series, raw: Record, rng: random.Random) -> Record:
         if config.startswith("match"):
             entry["engine_measured"] = matched[config]
         if config == "tcpdump":
-            counts: dict[str, dict[str, int]] = {}
+            counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
             for w in raw["windows"]:
                 for dev, found in (w.captured or {}).items():
-                    for what, n in found.items():
-                        counts.setdefault(dev, {}).setdefault(what, 0)
-                        counts[dev][what] += n
-            entry["tcpdump_counts"] = counts
+                    counts[dev].update(found)
+            entry["tcpdump_counts"] = {dev: dict(c) for dev, c in counts.items()}
         if config != "none":
             diffs = [
                 median(per_window[config, r]) - median(per_window["none", r])

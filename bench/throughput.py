@@ -216,9 +216,9 @@ def run_direction(
 ) -> Record:
     """Alternate ``configs`` around one flood; return per-window received rates.
 
-    ``netqtop``: the environment it runs with (None: not among ``configs``).
+    ``netqtop``: the environment it runs with (None exactly when it is not among ``configs``).
     """
-    startups = (rounds + 1) * ("netqtop" in configs)  # one per round, one for its profile
+    startups = (rounds + 1) * (netqtop is not None)  # one per round, one for its profile
     total = rounds * len(configs) * (seconds + 1.5) + startups * NETQTOP_START_S + 60
     # egress: the pod floods a sink in the remote; ingress: the remote floods a sink in the pod,
     # whose reader is the filter's process
@@ -281,7 +281,7 @@ def run_direction(
                 window["netqtop_reports_pps"] = netqtop_reports(peer)
             windows.append(window)
     costs = profile(ctl, names, rx_ns, seconds)
-    if netqtop is not None and "netqtop" in configs:
+    if netqtop is not None:
         costs["netqtop"] = profile_netqtop(t, netqtop, rx_ns, seconds)
     for name in names.values():
         ctl.request("unload", name=name)
