@@ -5,8 +5,9 @@
  *   targets   cgroup id (or TGID_KEY | tgid) -> the target's probes, grouped per direction by
  *             (flow layout, device): "is this a target?" is one lookup
  *   devices   ifindex (agent's namespace) -> the device's slot and the flow layouts used on it
- *   layouts   flow layout id -> a flow spec as gather entries (mace_agent/flows.py)
- *   probes, probe_stats, hist, rate: per probe slot: settings, counters, histograms, event budget
+ *   layouts   flow layout id -> a flow spec as gather pieces (mace_agent/flows.py)
+ *   probes, probe_stats, hist, rate: per probe slot: settings, counters (per CPU), histograms,
+ *             event budget
  * The prelude (mace_agent/program.py) defines the shared structs (mace_agent/layout.py), struct
  * member offsets read from the kernel's BTF (OFF_*, SKB_SPAN_*), sizes and the kernel's optional
  * hooks. No kernel struct layout from headers is used: kernel objects are read at BTF offsets.
@@ -39,15 +40,19 @@
 #define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
 #define STASH_HITS 4
 #define CORR_WORDS (CORR_BYTES / 8)
+#define INFO_WORDS (INFO_BYTES / 8)
 
 /* A parsed packet: kernel addresses of its headers, its family and transport, and its header
  * bytes (b[0..L2_BYTES) the Ethernet header when has_l2, then from the network header; valid up
- * to b_len). l4off: the transport header's position from the network header. */
+ * to b_len). l4off: the transport header's position from the network header. corr and info: the
+ * words being gathered for one flow layout. */
 struct pkt {
     const u8 *l2; const u8 *l3;
     u32 l4off; u32 payload;     /* TCP: its payload length (0: unknown) */
     u32 b_len; u8 family; u8 proto; u8 has_l2; u8 no_data;  /* no_data: a TCP segment without payload */
     u8 b[PKT_BYTES];
+    u64 corr[CORR_WORDS];
+    u64 info[INFO_WORDS];
 };
 
 struct probe_hist { u64 b[2 * HIST_BUCKETS]; };
@@ -70,13 +75,14 @@ struct tx_call { u64 start; u32 active; u32 by_socket; };
 
 BPF_HASH(targets, u64, struct target, MAX_TARGETS);
 BPF_HASH(devices, u32, struct device, MAX_DEVICES);
+BPF_ARRAY(known_devices, struct known_devices, 1);
 BPF_ARRAY(layouts, struct flow_layout, MAX_LAYOUTS);
 BPF_ARRAY(probes, struct probe, PROBE_SLOTS);
-BPF_ARRAY(probe_stats, struct probe_stats, PROBE_SLOTS);
+BPF_PERCPU_ARRAY(probe_stats, struct probe_stats, PROBE_SLOTS);  /* per CPU: no atomic adds per packet */
 BPF_ARRAY(hist, struct probe_hist, PROBE_SLOTS);
 BPF_ARRAY(rate, struct rate_window, PROBE_SLOTS);
-BPF_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
-BPF_ARRAY(flags, u64, 1);               /* [0]: some targets are processes (TGID_KEY keys) */
+BPF_PERCPU_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
+BPF_ARRAY(target_filter, struct target_filter, 1);
 BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call */
 BPF_TASK_STORAGE(tx_call, struct tx_call);
 BPF_TASK_STORAGE(rx_batch, struct rx_batch);
@@ -90,12 +96,13 @@ BPF_PERCPU_ARRAY(wake, u64, 1);         /* events submitted on this CPU since th
 enum { AT_QUEUE, AT_START_XMIT, AT_RECEIVE, AT_COPY, AT_RECV_CALL, AT_DATA_READY, AT_RECV_RETURN, N_SCRATCH };
 BPF_PERCPU_ARRAY(scratch, struct pkt, N_SCRATCH);
 
-/* The zeroed packet buffer of program `which` on this CPU. */
+/* The packet buffer of program `which` on this CPU, zeroed up to the gathered words (which
+ * each gather zeroes itself). */
 static __always_inline struct pkt *pkt_buffer(u32 which)
 {
     struct pkt *p = scratch.lookup(&which);
     if (p)
-        __builtin_memset(p, 0, sizeof(*p));
+        __builtin_memset(p, 0, __builtin_offsetof(struct pkt, corr));
     return p;
 }
 
@@ -213,7 +220,7 @@ static __always_inline void probe_count(u32 probe, u32 index, u64 n)
 {
     struct probe_stats *s = probe_stats.lookup(&probe);
     if (s && index < N_PROBE_COUNTERS)
-        __sync_fetch_and_add(&s->c[index], n);
+        s->c[index] += n;
 }
 
 static __always_inline void group_count(u32 dev, u32 layout, u32 index)
@@ -221,7 +228,7 @@ static __always_inline void group_count(u32 dev, u32 layout, u32 index)
     u32 at = dev * MAX_LAYOUTS + layout;
     struct group_stats *s = group_stats.lookup(&at);
     if (s && index < N_GROUP_COUNTERS)
-        __sync_fetch_and_add(&s->c[index], 1);
+        s->c[index] += 1;
 }
 
 static __always_inline u32 log2_u64(u64 v)
@@ -272,8 +279,8 @@ static __always_inline void record(u32 probe, u32 dir, u64 ts, u64 now, u32 pid,
     struct probe_stats *s = probe_stats.lookup(&probe);
     if (s) {
         u32 base = dir ? C_IN_COUNT : C_OUT_COUNT;
-        __sync_fetch_and_add(&s->c[base], 1);
-        __sync_fetch_and_add(&s->c[base + 1], latency);
+        s->c[base] += 1;
+        s->c[base + 1] += latency;
         if (latency > s->c[base + 2])
             s->c[base + 2] = latency;
     }
@@ -310,20 +317,31 @@ static __always_inline void record(u32 probe, u32 dir, u64 ts, u64 now, u32 pid,
 
 /* ---- targets and devices ---- */
 
+/* Whether key may be a target (target_filter's bit for it is set; layout.target_bit). */
+static __always_inline int maybe_target(const struct target_filter *filter, u64 key)
+{
+    u32 bit = (key * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+    return (filter->bits[(bit >> 6) & ((1 << (TARGET_BITS_LOG2 - 6)) - 1)] >> (bit & 63)) & 1;
+}
+
 /* The target the current task belongs to: its cgroup, else (when some targets are processes)
- * its process. 0 for everybody else: one hash lookup. */
+ * its process. 0 for everybody else, nearly always without a hash lookup (the filter's bits). */
 static __always_inline struct target *current_target(void)
 {
-    u64 key = bpf_get_current_cgroup_id();
-    struct target *t = targets.lookup(&key);
-    if (t)
-        return t;
     u32 zero = 0;
-    u64 *processes = flags.lookup(&zero);
-    if (!processes || !*processes)
+    const struct target_filter *filter = target_filter.lookup(&zero);
+    if (!filter)
+        return 0;
+    u64 key = bpf_get_current_cgroup_id();
+    if (maybe_target(filter, key)) {
+        struct target *t = targets.lookup(&key);
+        if (t)
+            return t;
+    }
+    if (!filter->processes)
         return 0;
     key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
-    return targets.lookup(&key);
+    return maybe_target(filter, key) ? targets.lookup(&key) : 0;
 }
 
 /* Inode number of a device's network namespace (0 if unreadable). */
@@ -339,12 +357,29 @@ static __always_inline u32 dev_netns(const u8 *dev)
 }
 
 /* The outer device entry of dev (0: not an outer device). Its struct net_device's address is
- * remembered once its namespace was checked: later packets need no namespace read. (The agent
- * removes an entry once its device is gone, so the address cannot come to mean another one.) */
+ * remembered once its namespace was checked: later packets need no namespace read, and once the
+ * engine has copied every outer device's address into known_devices, other devices are told
+ * apart by address alone. (The agent removes an entry once its device is gone, so the address
+ * cannot come to mean another one.) */
 static __always_inline struct device *outer_dev(const u8 *dev)
 {
+    if (!dev)
+        return 0;
+    u32 zero = 0;
+    const struct known_devices *known = known_devices.lookup(&zero);
+    if (known && known->ready) {  /* every outer device's address is known: compare addresses */
+        u32 i = 0;
+        for (; i < KNOWN_DEVICES; i++) {
+            if (i >= known->n)
+                return 0;
+            if (known->dev[i] == (u64)dev)
+                break;
+        }
+        if (i == KNOWN_DEVICES)
+            return 0;
+    }
     u32 ifindex = 0;
-    if (!dev || bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX))
+    if (bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX))
         return 0;
     struct device *d = devices.lookup(&ifindex);
     if (!d)
@@ -509,35 +544,63 @@ static __always_inline int layout_fits(const struct flow_layout *l, const struct
         && (!l->needs_l2 || p->has_l2);
 }
 
-/* Where a gather entry's byte sits in p->b. Bytes never read are zero (struct pkt starts zeroed
- * and the reads stop short of its end, where NO_SOURCE points), so the gathers need no branch. */
+/* Where a piece's first byte sits in p->b. Bytes never read are zero (struct pkt starts zeroed and
+ * the reads end L3_BYTES after the network header, 16 bytes short of the buffer's end). */
 static __always_inline u32 gather_pos(const struct pkt *p, u8 src)
 {
     return ((src & ~L4_SOURCE) + (src >> 7) * (L2_BYTES + p->l4off)) & (PKT_BYTES - 1);
 }
 
+/* The 8 bytes of p->b from pos, the first one lowest: two aligned loads (positions in the zero
+ * tail read zeros). */
+static __always_inline u64 bytes_at(const struct pkt *p, u32 pos)
+{
+    if (pos > PKT_BYTES - 16)
+        pos = PKT_BYTES - 16;
+    u32 at = pos & ~7U;
+    u32 shift = (pos & 7) * 8;
+    u64 lo = *(const u64 *)(p->b + at);
+    u64 hi = *(const u64 *)(p->b + at + 8);
+    return (lo >> shift) | ((hi << 1) << (63 - shift));
+}
+
+/* words[] |= each piece's bytes of p, shifted into place and masked (mace_agent/flows.py). */
+static __always_inline void gather(const struct pkt *p, const struct piece *pieces, u32 n, u32 max,
+                                   u64 *words, u32 n_words)
+{
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < max; i++) {
+        if (i >= n)
+            break;
+        const struct piece *piece = &pieces[i];
+        u32 w = piece->word;
+        if (w < n_words)
+            words[w] |= (bytes_at(p, gather_pos(p, piece->src)) << (piece->shift & 63)) & piece->mask;
+    }
+}
+
 /* The packet id of p for layout l (its id and device already in key): 0 unless the transport
  * bytes it needs were not read. */
-static __always_inline int gather_corr(const struct pkt *p, const struct flow_layout *l, struct corr_key *key)
+static __always_inline int gather_corr(struct pkt *p, const struct flow_layout *l, struct corr_key *key)
 {
     if (l->corr_l4_end && L2_BYTES + p->l4off + l->corr_l4_end > p->b_len)
         return -1;
-#pragma clang loop unroll(disable)
-    for (u32 j = 0; j < CORR_BYTES; j++)
-        key->b[j] = p->b[gather_pos(p, l->corr_src[j])] & l->corr_mask[j];
+    __builtin_memset(p->corr, 0, sizeof(p->corr));
+    gather(p, l->corr, l->n_corr, CORR_PIECES, p->corr, CORR_WORDS);
+    __builtin_memcpy(key->b, p->corr, CORR_BYTES);
     return 0;
 }
 
 /* The info bytes of p for layout l (fields not in the packet are zero). */
-static __always_inline void gather_info(const struct pkt *p, const struct flow_layout *l, u8 *info)
+static __always_inline void gather_info(struct pkt *p, const struct flow_layout *l, u8 *info)
 {
-#pragma clang loop unroll(disable)
-    for (u32 j = 0; j < INFO_BYTES; j++)
-        info[j] = p->b[gather_pos(p, l->info_src[j])] & l->info_mask[j];
+    __builtin_memset(p->info, 0, sizeof(p->info));
+    gather(p, l->info, l->n_info, INFO_PIECES, p->info, INFO_WORDS);
+    __builtin_memcpy(info, p->info, INFO_BYTES);
 }
 
 /* The packet id of p for group (layout, dev): the layout, or 0 if p does not fit it. */
-static __always_inline const struct flow_layout *key_for(const struct pkt *p, u32 layout, u32 dev,
+static __always_inline const struct flow_layout *key_for(struct pkt *p, u32 layout, u32 dev,
                                                          struct corr_key *key)
 {
     const struct flow_layout *l = layouts.lookup(&layout);
@@ -865,6 +928,7 @@ struct udp_waiter {
     struct corr_key claim[TARGET_GROUPS];
 };
 BPF_TABLE("hash", u64, struct udp_waiter, udp_waiters, THREAD_ENTRIES);
+BPF_ARRAY(udp_waited, s64, 1);  /* [0]: entries in udp_waiters: while 0, sk_data_ready does no lookup */
 BPF_PERCPU_ARRAY(waiter_scratch, struct udp_waiter, 1);
 
 static __always_inline u64 read_ptr(u64 addr)
@@ -942,7 +1006,9 @@ static __always_inline void udp_expect(struct rx_batch *batch, u64 sk, u32 which
         fresh->claimed = 0;
         fresh->n_groups = batch->n_groups;
         __builtin_memcpy(fresh->groups, batch->groups, sizeof(fresh->groups));
-        udp_waiters.insert(&sk, fresh);
+        s64 *waited = udp_waited.lookup(&zero);
+        if (udp_waiters.insert(&sk, fresh) == 0 && waited)
+            __sync_fetch_and_add(waited, 1);
         waiter = udp_waiters.lookup(&sk);
         if (!waiter)
             return;
@@ -966,8 +1032,12 @@ static __always_inline void udp_unwatch(struct rx_batch *batch)
     if (!waiter)
         return;
     __sync_fetch_and_add(&waiter->waiters, -1);
-    if ((s32)waiter->waiters <= 0)
-        udp_waiters.delete(&sk);
+    if ((s32)waiter->waiters > 0)
+        return;
+    u32 zero = 0;
+    s64 *waited = udp_waited.lookup(&zero);
+    if (udp_waiters.delete(&sk) == 0 && waited)
+        __sync_fetch_and_add(waited, -1);
 }
 
 static __always_inline void udp_watch(struct rx_batch *batch, const struct target *t, u64 fd)
@@ -986,6 +1056,10 @@ static __always_inline void udp_watch(struct rx_batch *batch, const struct targe
 /* Runs wherever the datagram is queued; the waiting thread picks the claim up itself. */
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
+    u32 zero = 0;
+    s64 *waited = udp_waited.lookup(&zero);
+    if (!waited || *waited <= 0)
+        return 0;
     u64 sk = ctx->args[0];
     struct udp_waiter *waiter = udp_waiters.lookup(&sk);
     if (!waiter || waiter->claimed)

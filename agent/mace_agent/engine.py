@@ -216,6 +216,7 @@ class NodeEngine(_Attached):
         self._pending: PendingTables | None = None
         self._next_sweep = 0.0
         self._netns = 0
+        self._devices_known = False
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -258,10 +259,12 @@ class NodeEngine(_Attached):
 
     def _check_sizes(self) -> None:
         expected = {b"targets": layout.TargetC, b"devices": layout.DeviceC, b"layouts": layout.FlowLayoutC,
+                    b"target_filter": layout.TargetFilterC,
                     b"probes": layout.ProbeC, b"probe_stats": layout.ProbeStatsC,
                     b"group_stats": layout.GroupStatsC, b"rate": layout.RateWindowC}
         for name, cls in expected.items():
-            size = ctypes.sizeof(self._bpf[name].Leaf)
+            table = self._bpf[name]
+            size = ctypes.sizeof(getattr(table, "sLeaf", table.Leaf))  # sLeaf: one CPU's value
             if size != ctypes.sizeof(cls):
                 raise KernelFeatureError(f"map {name.decode()} holds {size}-byte values, layout.py "
                                          f"says {ctypes.sizeof(cls)}")
@@ -389,7 +392,7 @@ class NodeEngine(_Attached):
         self._write_device(measurement.dev_id)
         for key in measurement.target_keys:
             self._write_target(key, measurement.netns)
-        self._write_flags()
+        self._write_target_filter()
 
     def remove(self, probe: Probe) -> None:
         """Stop measuring a probe (map writes only; a freed slot is reused after the quarantine)."""
@@ -450,13 +453,16 @@ class NodeEngine(_Attached):
     def _reset_slot(self, slot: int) -> None:
         bpf = self._require()
         index = ctypes.c_uint32(slot)
-        bpf[b"probe_stats"][index] = layout.ProbeStatsC()
+        bpf[b"probe_stats"][index] = bpf[b"probe_stats"].Leaf()
         bpf[b"hist"][index] = bpf[b"hist"].Leaf()
         bpf[b"rate"][index] = layout.RateWindowC()
         bpf[b"probes"][index] = layout.ProbeC()
 
     def _write_device(self, ifindex: int) -> None:
-        """Write (or delete) a device's entry from the measurements that use it."""
+        """Write (or delete) a device's entry from the measurements that use it; the device hooks
+        go back to reading ifindexes until the next sweep learns every device's address again."""
+        self._require()[b"known_devices"][ctypes.c_uint32(0)] = layout.KnownDevicesC()
+        self._devices_known = False
         table = self._require()[b"devices"]
         users = [m for m in self._measurements.values() if m.dev_id == ifindex]
         key = ctypes.c_uint32(ifindex)
@@ -504,9 +510,15 @@ class NodeEngine(_Attached):
             setattr(value, count_name, len(groups))
         table[ckey] = value
 
-    def _write_flags(self) -> None:
-        processes = any(k & layout.TGID_KEY for m in self._measurements.values() for k in m.target_keys)
-        self._require()[b"flags"][ctypes.c_uint32(0)] = ctypes.c_uint64(int(processes))
+    def _write_target_filter(self) -> None:
+        """Rewrite the target filter from every target key (after ``targets`` got its entries; a bit
+        that stays set never reads as clear while the filter is rewritten)."""
+        keys = {k for m in self._measurements.values() for k in m.target_keys}
+        value = layout.TargetFilterC(processes=int(any(k & layout.TGID_KEY for k in keys)))
+        for key in keys:
+            bit = layout.target_bit(key)
+            value.bits[bit >> 6] |= 1 << (bit & 63)
+        self._require()[b"target_filter"][ctypes.c_uint32(0)] = value
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -536,11 +548,26 @@ class NodeEngine(_Attached):
     # -- what was measured ----------------------------------------------------------------------
 
     def sweep(self) -> None:
-        """Count the pending packets older than the TTL as expired, and those still pending."""
+        """Count the pending packets older than the TTL as expired, and those still pending; learn
+        the outer devices' addresses once the kernel has seen each."""
         with self._lock:
             if self._pending is not None:
                 self._pending.sweep(time.monotonic_ns(), int(self.config.ttl_s * 1e9))
+            if self._bpf is not None and not self._devices_known:
+                self._learn_devices()
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
+
+    def _learn_devices(self) -> None:
+        """Fill known_devices from the devices' ``seen`` addresses, if every device has one."""
+        bpf = self._require()
+        entries = [(int(k.value), int(v.seen)) for k, v in bpf[b"devices"].items()]
+        if len(entries) > layout.KNOWN_DEVICES or not all(seen for _, seen in entries):
+            return
+        value = layout.KnownDevicesC(ready=1, n=len(entries))
+        for i, (ifindex, seen) in enumerate(entries):
+            value.dev[i], value.ifindex[i] = seen, ifindex
+        bpf[b"known_devices"][ctypes.c_uint32(0)] = value
+        self._devices_known = True
 
     def _raw(self, measurements: tuple[Measurement, ...]) -> dict[str, Any]:
         """The summed counters and histograms of a probe's measurements now (what its baseline and
@@ -553,13 +580,13 @@ class NodeEngine(_Attached):
         counts["hist"] = [0] * (len(program.DIRECTIONS) * histogram.BUCKETS)
         for m in measurements:
             index = ctypes.c_uint32(m.slot)
-            for name, value in layout.counters_of(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS).items():
+            for name, value in _per_cpu(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS).items():
                 counts[name] = max(counts[name], value) if name.endswith("_max") else counts[name] + value
             counts["out_expired"] += self._pending.tx_expired[m.slot]
             counts["hist"] = [a + int(b) for a, b in zip(counts["hist"], bpf[b"hist"][index].b, strict=True)]
         for dev_slot, in_layout in {(m.dev_slot, m.layout_ids[1]) for m in measurements}:
             group = ctypes.c_uint32(dev_slot * layout.MAX_LAYOUTS + in_layout)
-            for name, value in layout.counters_of(bpf[b"group_stats"][group], layout.GROUP_COUNTERS).items():
+            for name, value in _per_cpu(bpf[b"group_stats"][group], layout.GROUP_COUNTERS).items():
                 counts[name] += value
             counts["in_expired"] += self._pending.rx_expired[(in_layout, dev_slot)]
         return counts
@@ -600,6 +627,15 @@ class NodeEngine(_Attached):
     def stop_reason(self, probe: Probe) -> str | None:
         """``process_exited`` or ``device_removed`` once the probe's target is gone, else None."""
         return probe.watch.gone()
+
+
+def _per_cpu(values: Any, names: tuple[str, ...]) -> dict[str, int]:
+    """One entry of a per-CPU stats map, its CPUs' counters summed (``*_max``: their maximum)."""
+    total = dict.fromkeys(names, 0)
+    for cpu in values:
+        for name, value in layout.counters_of(cpu, names).items():
+            total[name] = max(total[name], value) if name.endswith("_max") else total[name] + value
+    return total
 
 
 class Engine(_Attached):

@@ -1,10 +1,12 @@
-"""Flow specs as data: each field of the catalogue becomes gather entries the program follows.
+"""Flow specs as data: each field of the catalogue becomes gather pieces the program follows.
 
 A flow spec's ``corr`` fields are packed side by side into the packet id and its ``info`` fields
-into the info bytes. For every packed byte, :class:`FlowLayoutC` names the byte of the parsed
-packet it comes from (see mace.c's ``struct pkt``: 16 bytes from the Ethernet header, then the
-bytes from the network header; transport bytes are relative to the transport header) and a mask.
-The same slots decode the info bytes of an event.
+into the info bytes. The packed bytes are built a 64-bit word at a time from pieces: a piece takes
+up to 8 contiguous bytes of the parsed packet (see mace.c's ``struct pkt``: 16 bytes from the
+Ethernet header, then the bytes from the network header; transport bytes are relative to the
+transport header), shifts them to their place in one word and masks them. Fields next to each other
+in both the packet and the packed bytes share a piece, so a packet id of addresses and ports is two
+or three pieces, whatever its width. The same slots decode the info bytes of an event.
 """
 
 from __future__ import annotations
@@ -16,7 +18,15 @@ from typing import Any
 from mace.fields import CATALOGUE, FAMILY, TRANSPORT, Field, Header, Kind
 from mace.models import FlowSpec
 from mace_agent import layout
-from mace_agent.layout import CORR_BYTES, INFO_BYTES, L2_BYTES, L4_SOURCE, NO_SOURCE, FlowLayoutC
+from mace_agent.layout import (
+    CORR_BYTES,
+    CORR_PIECES,
+    INFO_BYTES,
+    INFO_PIECES,
+    L2_BYTES,
+    L4_SOURCE,
+    FlowLayoutC,
+)
 
 FAMILY_NUMBER = {Header.ipv4: 4, Header.ipv6: 6}
 TRANSPORT_NUMBER = {Header.icmp: 1, Header.icmp6: 58, Header.udp: 17, Header.tcp: 6}
@@ -45,7 +55,7 @@ def _pack(fields: tuple[Field, ...]) -> tuple[Slot, ...]:
 
 
 def _source(header: Header, byte: int) -> int:
-    """The gather entry for byte ``byte`` of a field in ``header``."""
+    """The piece source of byte ``byte`` of a field in ``header``."""
     if header is Header.eth:
         return byte
     if header in (Header.ipv4, Header.ipv6):
@@ -55,17 +65,41 @@ def _source(header: Header, byte: int) -> int:
     return L4_SOURCE | byte
 
 
-def _gather(slots: tuple[Slot, ...], size: int, src: Any, mask: Any) -> None:
-    """Fill a gather array and its masks (ctypes u8 arrays of ``size``) for packed slots."""
-    for i in range(size):
-        src[i], mask[i] = NO_SOURCE, 0
+@dataclass
+class _Piece:
+    src: int
+    word: int
+    lane: int
+    length: int = 0
+    mask: int = 0
+
+
+def _pieces(slots: tuple[Slot, ...], limit: int, out: Any) -> int:
+    """Fill ``out`` (a ctypes array of PieceC) with the pieces that gather packed ``slots``; their count.
+
+    Byte by byte, a packed byte joins the last piece when it continues it in the same word and
+    follows its last byte in the packet, else starts a new piece."""
+    pieces: list[_Piece] = []
     for slot in slots:
         info = CATALOGUE[slot.field]
         whole = (1 << (8 * slot.width)) - 1
         masks = (info.mask if info.mask is not None else whole).to_bytes(slot.width, "big")
         for i in range(slot.width):
-            src[slot.offset + i] = _source(info.header, info.offset + i)
-            mask[slot.offset + i] = masks[i]
+            src = _source(info.header, info.offset + i)
+            word, lane = divmod(slot.offset + i, 8)
+            last = pieces[-1] if pieces else None
+            if not (last and last.word == word and last.lane + last.length == lane
+                    and last.src + last.length == src):
+                last = _Piece(src, word, lane)
+                pieces.append(last)
+            last.mask |= masks[i] << (8 * lane)
+            last.length += 1
+    if len(pieces) > limit:
+        raise ValueError(f"flow spec needs {len(pieces)} gather pieces, over the {limit} the engine has")
+    for out_piece, piece in zip(out, pieces, strict=False):
+        out_piece.src, out_piece.word, out_piece.shift, out_piece.mask = (
+            piece.src, piece.word, 8 * piece.lane, piece.mask)
+    return len(pieces)
 
 
 @dataclass(frozen=True)
@@ -117,8 +151,8 @@ class FlowLayout:
         value.needs_l2 = int(any(CATALOGUE[s.field].header is Header.eth for s in self.corr))
         value.corr_l4_end = max((CATALOGUE[s.field].offset + s.width for s in self.corr
                                  if CATALOGUE[s.field].header in _L4_HEADERS), default=0)
-        _gather(self.corr, CORR_BYTES, value.corr_src, value.corr_mask)
-        _gather(self.info, INFO_BYTES, value.info_src, value.info_mask)
+        value.n_corr = _pieces(self.corr, CORR_PIECES, value.corr)
+        value.n_info = _pieces(self.info, INFO_PIECES, value.info)
         return value
 
     def decode_info(self, raw: bytes) -> dict[str, InfoValue]:

@@ -20,6 +20,8 @@ MAX_DEVICES = 64
 """Outer devices measured at once."""
 MAX_LAYOUTS = 256
 """Distinct flow layouts (flow specs) in use on the node at once."""
+KNOWN_DEVICES = 8
+"""Outer devices a device hook recognises by address alone (with more, each packet reads its ifindex)."""
 DEV_LAYOUTS = 8
 """Distinct flow layouts per direction on one outer device: the bound on per-packet work there."""
 TARGET_GROUPS = 4
@@ -32,10 +34,14 @@ PKT_BYTES = 128
 """A parsed packet's header bytes (a power of two): 16 from the Ethernet header, then 96 from the
 network header, then 16 that stay zero."""
 L2_BYTES = 16
-NO_SOURCE = PKT_BYTES - 1
-"""A gather entry that takes no byte: the program never reads packet data into the last bytes."""
 L4_SOURCE = 0x80
-"""A gather entry ``L4_SOURCE | n`` takes byte n of the transport header."""
+"""A piece's source ``L4_SOURCE | n`` starts at byte n of the transport header; other sources are
+positions in the parsed packet's bytes."""
+CORR_PIECES = 24
+"""Gather pieces of a packet id: enough for any corr fields within CORR_BYTES (each field one piece,
+or two where it crosses a word; contiguous fields share one)."""
+INFO_PIECES = 12
+"""Gather pieces of the info bytes: enough for mace.safety.MAX_INFO_FIELDS fields."""
 RX_SLOTS = 16
 """Packets one receive call can report (more are counted as ``in_batch_overflow``)."""
 TCP_CHAIN = 64
@@ -46,6 +52,9 @@ NO_TCP_SEQ = 0xFF
 """``flow_layout.tcp_seq_at`` when the packet id holds no tcp_seq."""
 TGID_KEY = 1 << 63
 """Target keys with this bit are ``TGID_KEY | tgid`` (one process and its threads), else cgroup ids."""
+TARGET_BITS_LOG2 = 16
+"""The target filter's size: 2**16 bits, a few percent of them set by a thousand targets."""
+TARGET_HASH = 0x9E3779B97F4A7C15
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -64,15 +73,22 @@ class Struct(ctypes.Structure):
     _c_name_ = ""
 
 
+class PieceC(Struct):
+    """Up to 8 contiguous packet bytes packed into one 64-bit word of a packet id or of the info bytes:
+    ``word |= (the 8 bytes from src, first byte lowest) << shift & mask``."""
+
+    _c_name_ = "piece"
+    _fields_ = [("mask", u64), ("src", u8), ("word", u8), ("shift", u8), ("pad", u8 * 5)]
+
+
 class FlowLayoutC(Struct):
-    """One flow spec as data: what a packet must be and where each packed byte comes from."""
+    """One flow spec as data: what a packet must be and the pieces its packed bytes are gathered from."""
 
     _c_name_ = "flow_layout"
     _fields_ = [
         ("family", u8), ("l4proto", u8), ("needs_l2", u8), ("tcp_seq_at", u8),
-        ("corr_l4_end", u8), ("pad", u8 * 3),
-        ("corr_src", u8 * CORR_BYTES), ("corr_mask", u8 * CORR_BYTES),
-        ("info_src", u8 * INFO_BYTES), ("info_mask", u8 * INFO_BYTES),
+        ("corr_l4_end", u8), ("n_corr", u8), ("n_info", u8), ("pad", u8),
+        ("corr", PieceC * CORR_PIECES), ("info", PieceC * INFO_PIECES),
     ]
 
 
@@ -85,6 +101,15 @@ class DeviceC(Struct):
         ("out_layouts", u16 * DEV_LAYOUTS), ("in_layouts", u16 * DEV_LAYOUTS),
         ("seen", u64),  # the device's struct net_device, once a packet showed it (the kernel writes it)
     ]
+
+
+class KnownDevicesC(Struct):
+    """The outer devices' ``struct net_device`` addresses, each learnt from ``DeviceC.seen``. While
+    ``ready``, a device hook tells an outer device from every other one by its address, reading no
+    kernel memory; the engine clears ``ready`` before it changes ``devices``."""
+
+    _c_name_ = "known_devices"
+    _fields_ = [("ready", u32), ("n", u32), ("dev", u64 * KNOWN_DEVICES), ("ifindex", u32 * KNOWN_DEVICES)]
 
 
 class GroupC(Struct):
@@ -102,6 +127,20 @@ class TargetC(Struct):
         ("netns", u32), ("n_out", u8), ("n_in", u8), ("pad", u8 * 2),
         ("out", GroupC * TARGET_GROUPS), ("in_", GroupC * TARGET_GROUPS),
     ]
+
+
+class TargetFilterC(Struct):
+    """Which target keys may be in ``targets``: bit ``target_bit(key)`` is set for every key there (and
+    for a few others). A task whose keys' bits are clear leaves a hook without any hash lookup."""
+
+    _c_name_ = "target_filter"
+    _fields_ = [("processes", u64),  # some targets are processes (TGID_KEY keys)
+                ("bits", u64 * ((1 << TARGET_BITS_LOG2) // 64))]
+
+
+def target_bit(key: int) -> int:
+    """The filter bit of a target key (mace.c's ``target_bit``)."""
+    return ((key * TARGET_HASH) & ((1 << 64) - 1)) >> (64 - TARGET_BITS_LOG2)
 
 
 class ProbeC(Struct):
@@ -161,8 +200,8 @@ class EventC(Struct):
                 ("direction", u8), ("pad", u8 * 5), ("info", u8 * INFO_BYTES)]
 
 
-SHARED = (FlowLayoutC, DeviceC, GroupC, TargetC, ProbeC, ProbeStatsC, GroupStatsC, RateWindowC,
-          CorrKeyC, TxValC, RxValC, EventC)
+SHARED = (PieceC, FlowLayoutC, DeviceC, KnownDevicesC, GroupC, TargetC, TargetFilterC, ProbeC, ProbeStatsC,
+          GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, EventC)
 """Every shared struct, in the order C needs them (a struct before its users)."""
 
 _C_TYPES: dict[Any, str] = {u8: "u8", u16: "u16", u32: "u32", u64: "u64"}
