@@ -40,6 +40,7 @@
 #define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
 #define STASH_HITS 4
 #define CORR_WORDS (CORR_BYTES / 8)
+#define SEND_GRAIN_NS 1000000ULL  /* last_send's resolution */
 #define INFO_WORDS (INFO_BYTES / 8)
 
 /* A parsed packet: kernel addresses of its headers, its family and transport, and its header
@@ -83,7 +84,7 @@ BPF_ARRAY(hist, struct probe_hist, PROBE_SLOTS);
 BPF_ARRAY(rate, struct rate_window, PROBE_SLOTS);
 BPF_PERCPU_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
 BPF_ARRAY(target_filter, struct target_filter, 1);
-BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call */
+BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call (to SEND_GRAIN_NS) */
 BPF_TASK_STORAGE(tx_call, struct tx_call);
 BPF_TASK_STORAGE(rx_batch, struct rx_batch);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
@@ -630,7 +631,7 @@ static __always_inline int tx_begin(u32 by_socket)
     call->by_socket = by_socket;
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
-    if (last)
+    if (last && now - *last > SEND_GRAIN_NS)  /* a shared line: written at most once per grain */
         *last = now;
     return 0;
 }
@@ -706,8 +707,10 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
      * idle, every packet on an outer device leaves after one more lookup. */
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
+    if (!last || !*last)  /* no target ever sent: not even a clock read */
+        return 0;
     u64 now = bpf_ktime_get_ns();
-    if (!last || now - *last > TTL_NS)
+    if (now - *last > TTL_NS + SEND_GRAIN_NS)
         return 0;
     struct tx_stash *stash = tx_stash.lookup(&zero);
     if (!stash)
