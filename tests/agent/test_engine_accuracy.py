@@ -95,6 +95,11 @@ def test_ingress_matches_receiver_sleep(topology: Topology) -> None:
     assert -20 * US <= statistics.median(gap) <= 500 * US, detail
 
 
+SEND_CALL_BOUND_NS = 500 * US
+"""A send into the TBF queue returns within tens of microseconds; one that took longer had the client
+descheduled between reading its clock and entering the call (seen at 3 ms on a loaded machine)."""
+
+
 def test_egress_matches_tbf_backlog_drain_time(make_topology: Callable[..., Topology]) -> None:
     rate_bps, burst, limit = 8_000_000, 3000, 200_000  # 1 byte per microsecond
     t = make_topology(tbf=Tbf(rate_bps=rate_bps, burst_bytes=burst, limit_bytes=limit))
@@ -119,6 +124,8 @@ def test_egress_matches_tbf_backlog_drain_time(make_topology: Callable[..., Topo
     left = {f["payload8"]: f["real_ns"] for f in capture.records("payload8") if f["outgoing"]}
     errors, model_errors = [], []
     for r, start_real in zip(requests, starts, strict=True):
+        if r["send_end_ns"] - r["send_start_ns"] > SEND_CALL_BOUND_NS:
+            continue  # the client was descheduled around its send: its clock read is not the call's start
         expected = start_real - r["real_offset_ns"] + drain_ns - r["send_start_ns"]
         errors.append(outbound[r["seq"]]["latency_ns"] - expected)
         model_errors.append(left[r["seq"]] - start_real - drain_ns)  # the device's view of the model
@@ -127,6 +134,7 @@ def test_egress_matches_tbf_backlog_drain_time(make_topology: Callable[..., Topo
     # The probe is late by the TBF watchdog timer's latency and the softirq run that follow the
     # moment it may leave, and by nothing else; tc's rate table rounds by well under a microsecond
     # per frame. Allow 200 us at the median, and no sample early by more than 50 us.
+    assert len(errors) >= 3, f"only {len(errors)} of {count} sends ran undisturbed"
     assert min(errors) >= -50 * US, errors
     assert abs(statistics.median(errors)) <= 200 * US, errors
 
