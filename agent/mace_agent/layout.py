@@ -38,10 +38,10 @@ L4_SOURCE = 0x80
 """A piece's source ``L4_SOURCE | n`` starts at byte n of the transport header; other sources are
 positions in the parsed packet's bytes."""
 CORR_PIECES = 24
-"""Gather pieces of a packet id: enough for any corr fields within CORR_BYTES (each field one piece,
-or two where it crosses a word; contiguous fields share one)."""
+"""Gather pieces of a packet id: enough for any corr fields within CORR_BYTES (at most 18 fields fit
+in 40 bytes; one piece each, plus one at each of the 4 word boundaries a field may cross)."""
 INFO_PIECES = 12
-"""Gather pieces of the info bytes: enough for mace.safety.MAX_INFO_FIELDS fields."""
+"""Gather pieces of the info bytes: mace.safety.MAX_INFO_FIELDS fields, plus the 6 word boundaries."""
 RX_SLOTS = 16
 """Packets one receive call can report (more are counted as ``in_batch_overflow``)."""
 TCP_CHAIN = 64
@@ -55,6 +55,7 @@ TGID_KEY = 1 << 63
 TARGET_BITS_LOG2 = 16
 """The target filter's size: 2**16 bits, a few percent of them set by a thousand targets."""
 TARGET_HASH = 0x9E3779B97F4A7C15
+"""The multiplier whose top TARGET_BITS_LOG2 bits of ``key * TARGET_HASH`` pick a key's filter bit."""
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -139,7 +140,7 @@ class TargetFilterC(Struct):
 
 
 def target_bit(key: int) -> int:
-    """The filter bit of a target key (mace.c's ``target_bit``)."""
+    """The filter bit of a target key (the bit mace.c's ``maybe_target`` tests)."""
     return ((key * TARGET_HASH) & ((1 << 64) - 1)) >> (64 - TARGET_BITS_LOG2)
 
 
