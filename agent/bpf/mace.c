@@ -930,8 +930,10 @@ struct udp_waiter {
     struct group groups[TARGET_GROUPS];
     struct corr_key claim[TARGET_GROUPS];
 };
-BPF_TABLE("hash", u64, struct udp_waiter, udp_waiters, THREAD_ENTRIES);
-BPF_ARRAY(udp_waited, s64, 1);  /* [0]: entries in udp_waiters: while 0, sk_data_ready does no lookup */
+/* An entry outlives its waiters (the next wait on the socket finds it: no insert and delete per call);
+ * the sockets no longer waited on age out of the LRU map. */
+BPF_TABLE("lru_hash", u64, struct udp_waiter, udp_waiters, THREAD_ENTRIES);
+BPF_ARRAY(udp_waited, s64, 1);  /* [0]: threads waiting: while 0, sk_data_ready looks nothing up */
 BPF_PERCPU_ARRAY(waiter_scratch, struct udp_waiter, 1);
 
 static __always_inline u64 read_ptr(u64 addr)
@@ -999,48 +1001,53 @@ static __always_inline void udp_expect(struct rx_batch *batch, u64 sk, u32 which
         return;
     }
     /* Watch for the first datagram, then look again: one may have been queued in between. */
+    u32 zero = 0;
     struct udp_waiter *waiter = udp_waiters.lookup(&sk);
     if (!waiter) {
-        u32 zero = 0;
         struct udp_waiter *fresh = waiter_scratch.lookup(&zero);
         if (!fresh)
             return;
-        fresh->waiters = 0;
-        fresh->claimed = 0;
-        fresh->n_groups = batch->n_groups;
-        __builtin_memcpy(fresh->groups, batch->groups, sizeof(fresh->groups));
-        s64 *waited = udp_waited.lookup(&zero);
-        if (udp_waiters.insert(&sk, fresh) == 0 && waited)
-            __sync_fetch_and_add(waited, 1);
+        __builtin_memset(fresh, 0, sizeof(*fresh));
+        udp_waiters.insert(&sk, fresh);
         waiter = udp_waiters.lookup(&sk);
         if (!waiter)
             return;
     }
-    __sync_fetch_and_add(&waiter->waiters, 1);
+    if ((s32)waiter->waiters <= 0) {
+        /* The first waiter: the entry may be left from an earlier wait, or from a closed socket at
+         * this address (or re-made after an eviction, which a waiter leaving counts below zero).
+         * Two threads starting at once both land here and count one waiter: the second to leave
+         * then finds none counted, and a datagram queued during its wait goes unnoted. */
+        waiter->claimed = 0;
+        waiter->n_groups = batch->n_groups;
+        __builtin_memcpy(waiter->groups, batch->groups, sizeof(waiter->groups));
+        waiter->waiters = 1;
+    } else {
+        __sync_fetch_and_add(&waiter->waiters, 1);
+    }
+    s64 *waited = udp_waited.lookup(&zero);
+    if (waited)
+        __sync_fetch_and_add(waited, 1);
     batch->watching = 1;
     head = udp_head(sk);
     if (head && !waiter->claimed)
         waiter->claimed = udp_claim(waiter->groups, waiter->n_groups, waiter->claim, head, which);
 }
 
-/* This thread no longer waits on its socket: the last waiter removes the watch (the map stays
- * bounded by the sockets being waited on). */
+/* This thread no longer waits on its socket (the entry stays for the next wait). */
 static __always_inline void udp_unwatch(struct rx_batch *batch)
 {
     if (!batch->watching)
         return;
     batch->watching = 0;
-    u64 sk = batch->sk;
-    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-    if (!waiter)
-        return;
-    __sync_fetch_and_add(&waiter->waiters, -1);
-    if ((s32)waiter->waiters > 0)
-        return;
     u32 zero = 0;
     s64 *waited = udp_waited.lookup(&zero);
-    if (udp_waiters.delete(&sk) == 0 && waited)
+    if (waited)
         __sync_fetch_and_add(waited, -1);
+    u64 sk = batch->sk;
+    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
+    if (waiter)
+        __sync_fetch_and_add(&waiter->waiters, -1);
 }
 
 static __always_inline void udp_watch(struct rx_batch *batch, const struct target *t, u64 fd)
@@ -1065,7 +1072,7 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
         return 0;
     u64 sk = ctx->args[0];
     struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-    if (!waiter || waiter->claimed)
+    if (!waiter || (s32)waiter->waiters <= 0 || waiter->claimed)
         return 0;
     waiter->claimed = udp_claim(waiter->groups, waiter->n_groups, waiter->claim,
                                 read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV), AT_DATA_READY);
