@@ -17,7 +17,7 @@ import os
 import subprocess
 import sys
 
-from benchlib import BpfStats, machine, require_root
+from benchlib import BpfStats, machine, program_stats, require_root
 from mace_agent import kernel
 
 MAPS = """
@@ -38,17 +38,6 @@ VARIANTS = {
     "bpf_get_current_cgroup_id": "return bpf_get_current_cgroup_id() == 1;",
     "bpf_ktime_get_ns": "return bpf_ktime_get_ns() == 1;",
 }
-
-
-def run_ns(fn_fd: int) -> float:
-    """A loaded program's mean run time so far (ns), from its fdinfo."""
-    values = dict.fromkeys(("run_cnt", "run_time_ns"), 0)
-    with open(f"/proc/self/fdinfo/{fn_fd}") as info:
-        for line in info:
-            key, _, value = line.partition(":")
-            if key in values:
-                values[key] = int(value)
-    return values["run_time_ns"] / max(1, values["run_cnt"])
 
 
 def main() -> int:
@@ -73,7 +62,8 @@ def main() -> int:
                     try:
                         subprocess.run(["ip", "netns", "exec", ns, "ping", "-q", "-f", "-c", str(args.pings),
                                         "127.0.0.1"], stdout=subprocess.DEVNULL, check=True)
-                        figures.append(run_ns(bpf.funcs[b"raw_tracepoint__netif_receive_skb"].fd))
+                        stats = program_stats(bpf)["raw_tracepoint__netif_receive_skb"]
+                        figures.append(stats["run_time_ns"] / max(1, stats["run_cnt"]))
                     finally:
                         bpf.cleanup()
                 print(f"{name:32s} " + "  ".join(f"{f:6.1f}" for f in figures) + " ns per run", flush=True)

@@ -580,14 +580,14 @@ class NodeEngine(_Attached):
         counts["hist"] = [0] * (len(program.DIRECTIONS) * histogram.BUCKETS)
         for m in measurements:
             index = ctypes.c_uint32(m.slot)
-            for name, value in _per_cpu(bpf[b"probe_stats"][index], layout.PROBE_COUNTERS).items():
-                counts[name] = max(counts[name], value) if name.endswith("_max") else counts[name] + value
+            for cpu in bpf[b"probe_stats"][index]:
+                _add_counters(counts, cpu, layout.PROBE_COUNTERS)
             counts["out_expired"] += self._pending.tx_expired[m.slot]
             counts["hist"] = [a + int(b) for a, b in zip(counts["hist"], bpf[b"hist"][index].b, strict=True)]
         for dev_slot, in_layout in {(m.dev_slot, m.layout_ids[1]) for m in measurements}:
             group = ctypes.c_uint32(dev_slot * layout.MAX_LAYOUTS + in_layout)
-            for name, value in _per_cpu(bpf[b"group_stats"][group], layout.GROUP_COUNTERS).items():
-                counts[name] += value
+            for cpu in bpf[b"group_stats"][group]:
+                _add_counters(counts, cpu, layout.GROUP_COUNTERS)
             counts["in_expired"] += self._pending.rx_expired[(in_layout, dev_slot)]
         return counts
 
@@ -629,13 +629,10 @@ class NodeEngine(_Attached):
         return probe.watch.gone()
 
 
-def _per_cpu(values: Any, names: tuple[str, ...]) -> dict[str, int]:
-    """One entry of a per-CPU stats map, its CPUs' counters summed (``*_max``: their maximum)."""
-    total = dict.fromkeys(names, 0)
-    for cpu in values:
-        for name, value in layout.counters_of(cpu, names).items():
-            total[name] = max(total[name], value) if name.endswith("_max") else total[name] + value
-    return total
+def _add_counters(total: dict[str, Any], raw: Any, names: tuple[str, ...]) -> None:
+    """Add one stats struct's counters (one CPU's, of one slot) to ``total``; ``*_max`` keep the larger."""
+    for name, value in layout.counters_of(raw, names).items():
+        total[name] = max(total[name], value) if name.endswith("_max") else total[name] + value
 
 
 class Engine(_Attached):
