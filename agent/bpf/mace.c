@@ -66,13 +66,20 @@ struct rx_batch {
     u32 claimed;                /* UDP: bit g: claim[g] holds group g's id of the datagram returned next */
     u32 multi;                  /* a recvmmsg call: it may return several datagrams */
     u32 n_groups; u32 watching;           /* UDP: the call waits on its socket (udp_waiters) */
+    u32 counted; u32 pad;                 /* counted in call_gates[RX_GATE] (active or n) */
+    s64 sock_fd; u64 sock;                /* the last fd a hooked call read, its struct sock */
+    u32 sock_udp; u32 pad2;               /* and whether that is a UDP socket */
     struct group groups[TARGET_GROUPS];   /* UDP: the target's ingress groups when the call began */
     struct corr_key claim[TARGET_GROUPS];
     u32 resume[TARGET_GROUPS];  /* TCP, per group: sequence number of the next segment not yet taken */
     u32 resumable[TARGET_GROUPS];
     struct rx_slot slot[RX_SLOTS];
 };
-struct tx_call { u64 start; u32 active; u32 by_socket; };
+struct tx_call {
+    u64 start; u32 active; u32 by_socket; u32 counted; u32 pad;
+    struct target target;       /* the sender's entry when the call began: net_dev_queue looks nothing up */
+    u64 dev_inside, dev_outside;  /* the last devices found in and outside the target's namespace */
+};
 
 BPF_HASH(targets, u64, struct target, MAX_TARGETS);
 BPF_HASH(devices, u32, struct device, MAX_DEVICES);
@@ -85,6 +92,11 @@ BPF_ARRAY(rate, struct rate_window, PROBE_SLOTS);
 BPF_PERCPU_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
 BPF_ARRAY(target_filter, struct target_filter, 1);
 BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call (to SEND_GRAIN_NS) */
+/* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE): while a
+ * gate counts 0, the hooks after the call's start (its exit, net_dev_queue, sock_send_length,
+ * sock_recv_length) return after one array read, with no task storage lookup, for every process. */
+enum { TX_GATE, RX_GATE, N_GATES };
+BPF_ARRAY(call_gates, s64, N_GATES);
 BPF_TASK_STORAGE(tx_call, struct tx_call);
 BPF_TASK_STORAGE(rx_batch, struct rx_batch);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
@@ -112,8 +124,10 @@ static __always_inline struct pkt *pkt_buffer(u32 which)
  * sets of PENDING_WAYS ways in an array, the set chosen by a hash of the packet id (which
  * starts with its flow layout and device). An insert takes an empty or expired way, else
  * evicts the oldest packet of the set; nothing locks and nothing allocates. Ways older than
- * TTL_NS never match; user space counts them as expired (mace_agent/pending.py). A way is
- * published by writing its hash last; readers compare hash and id. */
+ * TTL_NS never match; user space counts them as expired (mace_agent/pending.py). A set keeps its
+ * ways' hashes and times in its first cache line (layout.TxSetC): an insert, and a lookup that
+ * misses, read that line alone. A way is published by writing its hash last; readers compare
+ * hash, time and id. */
 #define PENDING_SETS ((MAP_ENTRIES + PENDING_WAYS - 1) / PENDING_WAYS)
 #define KEY_WORDS (sizeof(struct corr_key) / 8)
 
@@ -144,76 +158,91 @@ static __always_inline int same_key(const struct corr_key *a, const struct corr_
     return diff == 0;
 }
 
-/* The way and set types of a table <name> of <value_t> (whose first member is u64 ts). */
-#define PENDING_TYPES(name, value_t)                                                        \
-struct name##_way { u64 hash; struct corr_key key; value_t value; };                        \
-struct name##_set { struct name##_way way[PENDING_WAYS]; };
-
-/* <name>_find(key, now): the way holding key, not expired (0: none);
- * <name>_insert(key, value): 0 if inserted, -1 if key is already pending. */
-#define PENDING_FUNCTIONS(name, value_t)                                                    \
-static __always_inline struct name##_way *name##_find(const struct corr_key *key, u64 now)  \
+/* <name>_find(key, now, &set): the way of *set holding key, not expired (-1: none);
+ * <name>_insert(key, value): 0 if inserted, -1 if key is already pending.
+ * (<name>_set_t: layout.TxSetC or RxSetC, whose values start with u64 ts.) */
+#define PENDING_FUNCTIONS(name, set_t, value_t)                                             \
+static __always_inline int name##_find(const struct corr_key *key, u64 now, set_t **found)  \
 {                                                                                           \
     u64 hash = key_hash(key);                                                               \
-    struct name##_set *set = name##_set_of(hash);                                           \
+    set_t *set = name##_set_of(hash);                                                       \
     if (!set)                                                                               \
-        return 0;                                                                           \
+        return -1;                                                                          \
     _Pragma("unroll")                                                                       \
     for (int i = 0; i < PENDING_WAYS; i++) {                                                \
-        struct name##_way *way = &set->way[i];                                              \
-        if (way->hash == hash && same_key(&way->key, key) && now - way->value.ts <= TTL_NS)  \
-            return way;                                                                     \
+        if (set->hash[i] == hash && now - set->ts[i] <= TTL_NS                              \
+            && same_key(&set->way[i].key, key)) {                                           \
+            *found = set;                                                                   \
+            return i;                                                                       \
+        }                                                                                   \
     }                                                                                       \
-    return 0;                                                                               \
+    return -1;                                                                              \
 }                                                                                           \
 static __always_inline int name##_insert(const struct corr_key *key, const value_t *value)  \
 {                                                                                           \
     u64 hash = key_hash(key);                                                               \
-    struct name##_set *set = name##_set_of(hash);                                           \
+    set_t *set = name##_set_of(hash);                                                       \
     if (!set)                                                                               \
         return -1;                                                                          \
     u32 victim = 0;                                                                         \
     u64 oldest = ~0ULL;                                                                     \
     _Pragma("unroll")                                                                       \
     for (int i = 0; i < PENDING_WAYS; i++) {                                                \
-        struct name##_way *way = &set->way[i];                                              \
-        u64 age_key = way->hash ? way->value.ts : 0;                                        \
-        if (way->hash == hash && same_key(&way->key, key)                                   \
-            && value->ts - way->value.ts <= TTL_NS)                                         \
+        u64 age_key = set->hash[i] ? set->ts[i] : 0;                                        \
+        if (set->hash[i] == hash && value->ts - set->ts[i] <= TTL_NS                        \
+            && same_key(&set->way[i].key, key))                                             \
             return -1;                                                                      \
         if (age_key < oldest) {                                                             \
             oldest = age_key;                                                               \
             victim = i;                                                                     \
         }                                                                                   \
     }                                                                                       \
-    struct name##_way *way = &set->way[victim & (PENDING_WAYS - 1)];                        \
-    way->hash = 0;                                                                          \
-    __builtin_memcpy(&way->key, key, sizeof(*key));                                         \
-    __builtin_memcpy(&way->value, value, sizeof(*value));                                   \
+    victim &= PENDING_WAYS - 1;                                                             \
+    set->hash[victim] = 0;                                                                  \
+    __builtin_memcpy(&set->way[victim].key, key, sizeof(*key));                             \
+    __builtin_memcpy(&set->way[victim].value, value, sizeof(*value));                       \
+    set->ts[victim] = value->ts;                                                            \
     asm volatile("" ::: "memory");                                                          \
-    way->hash = hash;                                                                       \
+    set->hash[victim] = hash;                                                               \
     return 0;                                                                               \
 }
 
-PENDING_TYPES(tx_pending, struct tx_val)
-PENDING_TYPES(rx_pending, struct rx_val)
-BPF_ARRAY(tx_pending, struct tx_pending_set, PENDING_SETS);
-BPF_ARRAY(rx_pending, struct rx_pending_set, PENDING_SETS);
+BPF_ARRAY(tx_pending, struct tx_set, PENDING_SETS);
+BPF_ARRAY(rx_pending, struct rx_set, PENDING_SETS);
 
-static __always_inline struct tx_pending_set *tx_pending_set_of(u64 hash)
+static __always_inline struct tx_set *tx_pending_set_of(u64 hash)
 {
     u32 index = hash % PENDING_SETS;
     return tx_pending.lookup(&index);
 }
 
-static __always_inline struct rx_pending_set *rx_pending_set_of(u64 hash)
+static __always_inline struct rx_set *rx_pending_set_of(u64 hash)
 {
     u32 index = hash % PENDING_SETS;
     return rx_pending.lookup(&index);
 }
 
-PENDING_FUNCTIONS(tx_pending, struct tx_val)
-PENDING_FUNCTIONS(rx_pending, struct rx_val)
+PENDING_FUNCTIONS(tx_pending, struct tx_set, struct tx_val)
+PENDING_FUNCTIONS(rx_pending, struct rx_set, struct rx_val)
+
+/* ---- call gates ---- */
+
+static __always_inline int gate_open(u32 gate)
+{
+    s64 *n = call_gates.lookup(&gate);
+    return n && *n > 0;
+}
+
+/* Count a thread in or out of a gate as its state becomes busy or idle (*counted: whether it is). */
+static __always_inline void gate_count(u32 gate, u32 *counted, u32 busy)
+{
+    if (*counted == busy)
+        return;
+    *counted = busy;
+    s64 *n = call_gates.lookup(&gate);
+    if (n)
+        __sync_fetch_and_add(n, busy ? 1 : -1);
+}
 
 /* ---- counters, histograms, events ---- */
 
@@ -357,12 +386,12 @@ static __always_inline u32 dev_netns(const u8 *dev)
     return inum;
 }
 
-/* The outer device entry of dev (0: not an outer device). Its struct net_device's address is
+/* Copy the outer device entry of dev to *out (0: dev is not an outer device). Its struct net_device's address is
  * remembered once its namespace was checked: later packets need no namespace read, and once the
- * engine has copied every outer device's address into known_devices, other devices are told
- * apart by address alone. (The agent removes an entry once its device is gone, so the address
- * cannot come to mean another one.) */
-static __always_inline struct device *outer_dev(const u8 *dev)
+ * engine has copied every outer device's address and entry into known_devices, every device is
+ * found or told apart by address alone. (The agent removes an entry once its device is gone, so
+ * the address cannot come to mean another one.) */
+static __always_inline int outer_dev(const u8 *dev, struct device *out)
 {
     if (!dev)
         return 0;
@@ -378,6 +407,8 @@ static __always_inline struct device *outer_dev(const u8 *dev)
         }
         if (i == KNOWN_DEVICES)
             return 0;
+        __builtin_memcpy(out, &known->entry[i & (KNOWN_DEVICES - 1)], sizeof(*out));
+        return 1;
     }
     u32 ifindex = 0;
     if (bpf_probe_read_kernel(&ifindex, sizeof(ifindex), dev + OFF_DEV_IFINDEX))
@@ -385,12 +416,13 @@ static __always_inline struct device *outer_dev(const u8 *dev)
     struct device *d = devices.lookup(&ifindex);
     if (!d)
         return 0;
-    if (d->seen == (u64)dev)
-        return d;
-    if (dev_netns(dev) != d->netns)
-        return 0;
-    d->seen = (u64)dev;
-    return d;
+    if (d->seen != (u64)dev) {
+        if (dev_netns(dev) != d->netns)
+            return 0;
+        d->seen = (u64)dev;
+    }
+    __builtin_memcpy(out, d, sizeof(*out));
+    return 1;
 }
 
 /* ---- parsing ---- */
@@ -469,6 +501,10 @@ static __always_inline int parse_l3(struct pkt *p, u16 proto)
 /* Where parse_skb is called from. */
 #define AT_RX_DEVICE 1  /* netif_receive_skb: skb->data is the network header, network_header unset */
 #define AT_OUTER 2      /* an outer device, where a pod's packet may be VXLAN-encapsulated */
+#define AT_L2 4         /* a flow layout takes Ethernet bytes: read that header too */
+
+/* AT_L2 if bit dir_bit (READS_L2_OUT or READS_L2_IN) is set in a device's or target's reads_l2. */
+#define L2_IF(reads_l2, dir_bit) (((reads_l2) & (dir_bit)) ? AT_L2 : 0)
 
 #if VXLAN
 /* If the parsed packet is VXLAN (UDP to a port VXLAN_PORT() names, the I flag set), return the
@@ -531,7 +567,7 @@ static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int at)
         }
     }
 #endif
-    if (p->l2 && bpf_probe_read_kernel(p->b, 14, p->l2) == 0)
+    if ((at & AT_L2) && p->l2 && bpf_probe_read_kernel(p->b, 14, p->l2) == 0)
         p->has_l2 = 1;
     return 0;
 }
@@ -619,16 +655,21 @@ static __always_inline const struct flow_layout *key_for(struct pkt *p, u32 layo
  * data of a call that entered no hooked system call (write, writev). */
 static __always_inline int tx_begin(u32 by_socket)
 {
-    if (!current_target())
+    const struct target *t = current_target();
+    if (!t)
         return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0,
                                                     BPF_LOCAL_STORAGE_GET_F_CREATE);
     if (!call || (by_socket && call->active))
         return 0;
     u64 now = bpf_ktime_get_ns();
+    if (call->target.netns != t->netns)
+        call->dev_inside = call->dev_outside = 0;
+    __builtin_memcpy(&call->target, t, sizeof(*t));
     call->start = now;
     call->active = 1;
     call->by_socket = by_socket;
+    gate_count(TX_GATE, &call->counted, 1);
     u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     if (last && now - *last > SEND_GRAIN_NS)  /* a shared line: written at most once per grain */
@@ -637,12 +678,16 @@ static __always_inline int tx_begin(u32 by_socket)
 }
 
 /* A send ends: at the system call's exit, or (by_socket) where the socket layer returns.
- * Threads that never sent as a target have no storage: one lookup of the task's own list. */
+ * While no target is inside a send call, nothing is looked up. */
 static __always_inline int tx_end(u32 by_socket)
 {
+    if (!gate_open(TX_GATE))
+        return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
-    if (call && (!by_socket || call->by_socket))
+    if (call && (!by_socket || call->by_socket)) {
         call->active = 0;
+        gate_count(TX_GATE, &call->counted, 0);
+    }
     return 0;
 }
 
@@ -659,11 +704,13 @@ RAW_TRACEPOINT_PROBE(sock_send_length) { return tx_end(1); }
 
 RAW_TRACEPOINT_PROBE(net_dev_queue)
 {
+    if (!gate_open(TX_GATE))
+        return 0;
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
     if (!call || !call->active)
         return 0;
-    struct target *t = current_target();
-    if (!t || !t->n_out)
+    const struct target *t = &call->target;
+    if (!t->n_out)
         return 0;
     /* Softirqs run in this context may queue other packets (forwarded ones, or a reply
      * made in another namespace to the packet being sent): keep only packets made here
@@ -673,17 +720,24 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     u64 dev = 0;
     if (bpf_probe_read_kernel(&iif, sizeof(iif), skb + OFF_SKB_IIF) || iif)
         return 0;
-    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || dev_netns((const u8 *)dev) != t->netns)
+    if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || !dev)
         return 0;
+    if (dev != call->dev_inside) {  /* (a device's namespace stays while it exists) */
+        if (dev == call->dev_outside || dev_netns((const u8 *)dev) != t->netns) {
+            call->dev_outside = dev;
+            return 0;
+        }
+        call->dev_inside = dev;
+    }
     struct pkt *p = pkt_buffer(AT_QUEUE);
-    if (!p || parse_skb(skb, p, 0))
+    if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_OUT)))
         return 0;
     u64 id = bpf_get_current_pid_tgid();
     struct tx_val value = {.ts = call->start, .pid = id >> 32, .tid = (u32)id};
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         if (g >= t->n_out)
             break;
-        struct group *group = &t->out[g];
+        const struct group *group = &t->out[g];
         struct corr_key key;
         if (!key_for(p, group->layout, group->dev, &key))
             continue;
@@ -700,8 +754,9 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
 {
     const u8 *skb = (const u8 *)ctx->args[0];
     const u8 *dev = (const u8 *)ctx->args[1];
-    struct device *d = outer_dev(dev);
-    if (!d || !d->n_out)
+    struct device dev_entry;
+    const struct device *d = &dev_entry;
+    if (!outer_dev(dev, &dev_entry) || !d->n_out)
         return 0;
     /* Nothing can be pending unless a target sent within the expiry time: while targets are
      * idle, every packet on an outer device leaves after one more lookup. */
@@ -718,7 +773,7 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
     stash->skb = 0;
     stash->n = 0;
     struct pkt *p = pkt_buffer(AT_START_XMIT);
-    if (!p || parse_skb(skb, p, AT_OUTER))
+    if (!p || parse_skb(skb, p, AT_OUTER | L2_IF(d->reads_l2, READS_L2_OUT)))
         return 0;
     u32 n = 0;
     for (u32 i = 0; i < DEV_LAYOUTS; i++) {
@@ -728,10 +783,11 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
         const struct flow_layout *l = key_for(p, d->out_layouts[i], d->slot, &hit->key);
         if (!l)
             continue;
-        struct tx_pending_way *pending = tx_pending_find(&hit->key, now);
-        if (!pending)
+        struct tx_set *set;
+        int way = tx_pending_find(&hit->key, now, &set);
+        if (way < 0)
             continue;
-        __builtin_memcpy(&hit->value, &pending->value, sizeof(hit->value));
+        __builtin_memcpy(&hit->value, &set->way[way & (PENDING_WAYS - 1)].value, sizeof(hit->value));
         gather_info(p, l, hit->info);
         n++;
     }
@@ -758,10 +814,11 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
         if (h >= stash->n)
             break;
         struct tx_hit *hit = &stash->hit[h];
-        struct tx_pending_way *pending = tx_pending_find(&hit->key, now);
-        if (!pending)
+        struct tx_set *set;
+        int way = tx_pending_find(&hit->key, now, &set);
+        if (way < 0)
             continue;
-        pending->hash = 0;
+        set->hash[way & (PENDING_WAYS - 1)] = 0;
         probe_count(hit->value.slot, C_OUT_MATCHED, 1);
         record(hit->value.slot, DIR_OUT, hit->value.ts, now, hit->value.pid, hit->value.tid, hit->info);
     }
@@ -776,11 +833,12 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
     u64 dev = 0;
     if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV))
         return 0;
-    struct device *d = outer_dev((const u8 *)dev);
-    if (!d || !d->n_in)
+    struct device dev_entry;
+    const struct device *d = &dev_entry;
+    if (!outer_dev((const u8 *)dev, &dev_entry) || !d->n_in)
         return 0;
     struct pkt *p = pkt_buffer(AT_RECEIVE);
-    if (!p || parse_skb(skb, p, AT_RX_DEVICE | AT_OUTER))
+    if (!p || parse_skb(skb, p, AT_RX_DEVICE | AT_OUTER | L2_IF(d->reads_l2, READS_L2_IN)))
         return 0;
     struct rx_val value = {};
     value.ts = bpf_ktime_get_ns();
@@ -808,6 +866,12 @@ static __always_inline struct rx_batch *rx_state(u64 flags_)
     return rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, flags_);
 }
 
+/* Count the thread in RX_GATE while it is in a hooked receive call or has packets to report. */
+static __always_inline void rx_settle(struct rx_batch *batch)
+{
+    gate_count(RX_GATE, &batch->counted, batch->active || batch->n);
+}
+
 /* Report the packets in the thread's batch: the socket layer is handing them to the process. */
 static __always_inline void rx_flush(struct rx_batch *batch, u64 now)
 {
@@ -826,21 +890,24 @@ static __always_inline void rx_flush(struct rx_batch *batch, u64 now)
 static __always_inline s64 rx_take(struct rx_batch *batch, const struct corr_key *key,
                                    const struct group *group, u64 now)
 {
-    struct rx_pending_way *pending = rx_pending_find(key, now);
-    if (!pending)
+    struct rx_set *set;
+    int way = rx_pending_find(key, now, &set);
+    if (way < 0)
         return -1;
-    s64 next = pending->value.next_seq;
+    way &= PENDING_WAYS - 1;
+    const struct rx_val *pending = &set->way[way].value;
+    s64 next = pending->next_seq;
     u32 n = batch->n;
     if (n < RX_SLOTS) {
         struct rx_slot *slot = &batch->slot[n];
-        slot->ts = pending->value.ts;
+        slot->ts = pending->ts;
         slot->slot = group->slot;
-        __builtin_memcpy(slot->info, pending->value.info, INFO_BYTES);
+        __builtin_memcpy(slot->info, pending->info, INFO_BYTES);
         batch->n = n + 1;
     } else {
         probe_count(group->slot, C_IN_BATCH_OVERFLOW, 1);
     }
-    pending->hash = 0;
+    set->hash[way] = 0;
     group_count(key->dev, key->layout, G_IN_TAKEN);
     probe_count(group->slot, C_IN_MATCHED, 1);
     return next;
@@ -895,7 +962,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
         return 0;
     const u8 *skb = (const u8 *)ctx->args[0];
     struct pkt *p = pkt_buffer(AT_COPY);
-    if (!p || parse_skb(skb, p, 0))
+    if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_IN)))
         return 0;
     u64 now = bpf_ktime_get_ns();
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
@@ -912,6 +979,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
         else
             rx_take(batch, &key, group, now);
     }
+    rx_settle(batch);
     return 0;
 }
 
@@ -965,7 +1033,7 @@ static __always_inline u32 udp_claim(const struct group *groups, u32 n, struct c
                                      u32 which)
 {
     struct pkt *p = pkt_buffer(which);
-    if (!p || !skb || parse_skb((const u8 *)skb, p, 0))
+    if (!p || !skb || parse_skb((const u8 *)skb, p, AT_L2))
         return 0;
     u32 claimed = 0;
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
@@ -1050,12 +1118,27 @@ static __always_inline void udp_unwatch(struct rx_batch *batch)
         __sync_fetch_and_add(&waiter->waiters, -1);
 }
 
-static __always_inline void udp_watch(struct rx_batch *batch, const struct target *t, u64 fd)
+/* The struct sock of fd if it is a UDP socket (else 0): the thread's last answer when it reads the
+ * same fd again (sock_recv_length forgets it when the call returns from another socket: the fd was
+ * reused). */
+static __always_inline u64 call_udp_sock(struct rx_batch *batch, u64 fd)
 {
+    if (batch->sock && batch->sock_fd == (s64)fd)
+        return batch->sock_udp ? batch->sock : 0;
     u64 sk = fd_to_sock((u32)fd);
     u16 protocol = 0;
-    if (!sk || bpf_probe_read_kernel(&protocol, sizeof(protocol), (const void *)(sk + OFF_SOCK_PROTOCOL))
-        || protocol != IPPROTO_UDP_)
+    if (sk && bpf_probe_read_kernel(&protocol, sizeof(protocol), (const void *)(sk + OFF_SOCK_PROTOCOL)))
+        sk = 0;
+    batch->sock_fd = fd;
+    batch->sock = sk;
+    batch->sock_udp = protocol == IPPROTO_UDP_;
+    return batch->sock_udp ? sk : 0;
+}
+
+static __always_inline void udp_watch(struct rx_batch *batch, const struct target *t, u64 fd)
+{
+    u64 sk = call_udp_sock(batch, fd);
+    if (!sk)
         return;
     batch->sk = sk;
     batch->n_groups = t->n_in;
@@ -1133,6 +1216,7 @@ static __always_inline int rx_call_begins(u64 fd, u32 multi)
 #if UDP_CLAIM
     udp_watch(batch, t, fd);
 #endif
+    rx_settle(batch);
     return 0;
 }
 
@@ -1140,6 +1224,8 @@ static __always_inline int rx_call_begins(u64 fd, u32 multi)
  * report what was taken and not yet reported. */
 static __always_inline int rx_call_ends(void)
 {
+    if (!gate_open(RX_GATE))
+        return 0;
     struct rx_batch *batch = rx_state(0);
     if (!batch || !batch->active)
         return 0;
@@ -1149,6 +1235,7 @@ static __always_inline int rx_call_ends(void)
 #endif
     if (batch->n)
         rx_flush(batch, bpf_ktime_get_ns());
+    rx_settle(batch);
     return 0;
 }
 
@@ -1164,16 +1251,22 @@ TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }
  * error) and the call's flags: the packets the thread took during it are measured now. */
 RAW_TRACEPOINT_PROBE(sock_recv_length)
 {
+    if (!gate_open(RX_GATE))  /* no target thread has anything to report: most returns */
+        return 0;
     struct rx_batch *batch = rx_state(0);
-    if (!batch || !(batch->active | batch->n))  /* most returns carry nothing taken */
+    if (!batch || !(batch->active | batch->n))
         return 0;
     u64 now = bpf_ktime_get_ns();
 #if UDP_CLAIM
-    if (batch->active)
+    if (batch->active) {
+        if (batch->sock != ctx->args[0])  /* the call's fd no longer names the socket noted for it */
+            batch->sock = 0;
         udp_returned(batch, ctx->args[0], (int)ctx->args[1], (int)ctx->args[2], now);
+    }
 #endif
     if (batch->n)
         rx_flush(batch, now);
+    rx_settle(batch);
     return 0;
 }
 #endif

@@ -474,7 +474,8 @@ class NodeEngine(_Attached):
         if len(outs) > layout.DEV_LAYOUTS or len(ins) > layout.DEV_LAYOUTS:
             raise ProbeLimitError(f"device {ifindex} already carries {layout.DEV_LAYOUTS} different "
                                   "flow specs in one direction")
-        value = layout.DeviceC(netns=self._netns, slot=users[0].dev_slot, n_out=len(outs), n_in=len(ins))
+        value = layout.DeviceC(netns=self._netns, slot=users[0].dev_slot, n_out=len(outs), n_in=len(ins),
+                               reads_l2=_reads_l2(users))
         for i, lid in enumerate(outs):
             value.out_layouts[i] = lid
         for i, lid in enumerate(ins):
@@ -490,7 +491,7 @@ class NodeEngine(_Attached):
         if not users:
             table.pop(ckey, None)
             return
-        value = layout.TargetC(netns=netns)
+        value = layout.TargetC(netns=netns, reads_l2=_reads_l2(users))
         for direction, groups_name, count_name in ((0, "out", "n_out"), (1, "in_", "n_in")):
             groups: dict[tuple[int, int], int] = {}
             for m in users:
@@ -558,14 +559,14 @@ class NodeEngine(_Attached):
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
     def _learn_devices(self) -> None:
-        """Fill known_devices from the devices' ``seen`` addresses, if every device has one."""
+        """Fill known_devices from the devices' entries, if every device has its ``seen`` address."""
         bpf = self._require()
-        entries = [(int(k.value), int(v.seen)) for k, v in bpf[b"devices"].items()]
-        if len(entries) > layout.KNOWN_DEVICES or not all(seen for _, seen in entries):
+        entries = [entry for _, entry in bpf[b"devices"].items()]
+        if len(entries) > layout.KNOWN_DEVICES or not all(entry.seen for entry in entries):
             return
         value = layout.KnownDevicesC(ready=1, n=len(entries))
-        for i, (ifindex, seen) in enumerate(entries):
-            value.dev[i], value.ifindex[i] = seen, ifindex
+        for i, entry in enumerate(entries):
+            value.dev[i], value.entry[i] = entry.seen, layout.DeviceC.from_buffer_copy(entry)
         bpf[b"known_devices"][ctypes.c_uint32(0)] = value
         self._devices_known = True
 
@@ -627,6 +628,12 @@ class NodeEngine(_Attached):
     def stop_reason(self, probe: Probe) -> str | None:
         """``process_exited`` or ``device_removed`` once the probe's target is gone, else None."""
         return probe.watch.gone()
+
+
+def _reads_l2(measurements: list[Measurement]) -> int:
+    """``layout.READS_L2_OUT | READS_L2_IN`` for the directions whose layouts take Ethernet bytes."""
+    return (layout.READS_L2_OUT * any(m.out.reads_l2 for m in measurements)
+            | layout.READS_L2_IN * any(m.inbound.reads_l2 for m in measurements))
 
 
 def _add_counters(total: dict[str, Any], raw: Any, names: tuple[str, ...]) -> None:

@@ -135,6 +135,11 @@ class FlowLayout:
         return next((s.offset for s in self.corr if s.field is Field.tcp_seq), -1)
 
     @property
+    def reads_l2(self) -> bool:
+        """Whether the corr or the info fields take bytes of the Ethernet header."""
+        return any(CATALOGUE[s.field].header is Header.eth for s in (*self.corr, *self.info))
+
+    @property
     def may_be_udp(self) -> bool:
         """Whether the packets may be UDP (the receive side then needs the socket-queue hooks)."""
         return self.transport in (0, TRANSPORT_NUMBER[Header.udp])

@@ -99,18 +99,25 @@ class DeviceC(Struct):
     _c_name_ = "device"
     _fields_ = [
         ("netns", u32), ("slot", u16), ("n_out", u8), ("n_in", u8),
+        ("reads_l2", u8),  # READS_L2_OUT | READS_L2_IN: a layout of that direction takes Ethernet bytes
+        ("pad", u8 * 7),
         ("out_layouts", u16 * DEV_LAYOUTS), ("in_layouts", u16 * DEV_LAYOUTS),
         ("seen", u64),  # the device's struct net_device, once a packet showed it (the kernel writes it)
     ]
 
 
 class KnownDevicesC(Struct):
-    """The outer devices' ``struct net_device`` addresses, each learnt from ``DeviceC.seen``. While
-    ``ready``, a device hook tells an outer device from every other one by its address, reading no
-    kernel memory; the engine clears ``ready`` before it changes ``devices``."""
+    """The outer devices' ``struct net_device`` addresses, each learnt from ``DeviceC.seen``, and a copy
+    of each one's entry. While ``ready``, a device hook finds an outer device, or tells it from every
+    other one, by its address alone: no kernel read and no hash lookup. The engine clears ``ready``
+    before it changes ``devices``."""
 
     _c_name_ = "known_devices"
-    _fields_ = [("ready", u32), ("n", u32), ("dev", u64 * KNOWN_DEVICES), ("ifindex", u32 * KNOWN_DEVICES)]
+    _fields_ = [("ready", u32), ("n", u32), ("dev", u64 * KNOWN_DEVICES), ("entry", DeviceC * KNOWN_DEVICES)]
+
+
+READS_L2_OUT, READS_L2_IN = 1, 2
+"""Bits of ``DeviceC.reads_l2`` and ``TargetC.reads_l2``."""
 
 
 class GroupC(Struct):
@@ -125,7 +132,9 @@ class TargetC(Struct):
 
     _c_name_ = "target"
     _fields_ = [
-        ("netns", u32), ("n_out", u8), ("n_in", u8), ("pad", u8 * 2),
+        ("netns", u32), ("n_out", u8), ("n_in", u8),
+        ("reads_l2", u8),  # READS_L2_OUT | READS_L2_IN, as in DeviceC
+        ("pad", u8),
         ("out", GroupC * TARGET_GROUPS), ("in_", GroupC * TARGET_GROUPS),
     ]
 
@@ -193,6 +202,37 @@ class RxValC(Struct):
     _fields_ = [("ts", u64), ("next_seq", u32), ("pad", u32), ("info", u8 * INFO_BYTES)]
 
 
+class TxWayC(Struct):
+    """A way of the egress pending table: a sent packet's id and value."""
+
+    _c_name_ = "tx_way"
+    _fields_ = [("key", CorrKeyC), ("value", TxValC)]
+
+
+class RxWayC(Struct):
+    """A way of the ingress pending table: a received packet's id and value."""
+
+    _c_name_ = "rx_way"
+    _fields_ = [("key", CorrKeyC), ("value", RxValC)]
+
+
+class TxSetC(Struct):
+    """One set of the egress pending table (mace.c): ``PENDING_WAYS`` ways. Their hashes (0: an empty
+    way; written last, so a way is published whole) and times (their values' ``ts``) share the set's
+    first 64 bytes, the one cache line an insert or a miss reads; a way's packet id and value are read
+    only when its hash matches."""
+
+    _c_name_ = "tx_set"
+    _fields_ = [("hash", u64 * PENDING_WAYS), ("ts", u64 * PENDING_WAYS), ("way", TxWayC * PENDING_WAYS)]
+
+
+class RxSetC(Struct):
+    """One set of the ingress pending table, laid out as ``TxSetC``."""
+
+    _c_name_ = "rx_set"
+    _fields_ = [("hash", u64 * PENDING_WAYS), ("ts", u64 * PENDING_WAYS), ("way", RxWayC * PENDING_WAYS)]
+
+
 class EventC(Struct):
     """One measured packet in the ring buffer."""
 
@@ -202,7 +242,7 @@ class EventC(Struct):
 
 
 SHARED = (PieceC, FlowLayoutC, DeviceC, KnownDevicesC, GroupC, TargetC, TargetFilterC, ProbeC, ProbeStatsC,
-          GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, EventC)
+          GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, TxWayC, RxWayC, TxSetC, RxSetC, EventC)
 """Every shared struct, in the order C needs them (a struct before its users)."""
 
 _C_TYPES: dict[Any, str] = {u8: "u8", u16: "u16", u32: "u32", u64: "u64"}

@@ -1,11 +1,10 @@
 """Counting the packets that wait in mace.c's pending tables: still pending, or expired.
 
-Each table is an array of sets of ``layout.PENDING_WAYS`` ways; a way is ``u64 hash`` (0: empty),
-the packet id (``struct corr_key``: flow layout, device, corr bytes), then the value, whose first
-member is ``u64 ts``. The kernel never matches a way older than the TTL and reuses it; here each
-such way is counted as expired once, however many sweeps see it, and attributed: an egress way
-to the slot its value names, an ingress way to its (flow layout, device) pair. Ways overwritten
-while still fresh are evictions, which the engine derives from the kernel's counters.
+Each table is an array of sets (``layout.TxSetC``, ``layout.RxSetC``): the ways' hashes (0: empty) and
+times, then each way's packet id and value. The kernel never matches a way older than the TTL and
+reuses it; here each such way is counted as expired once, however many sweeps see it, and attributed:
+an egress way to the slot its value names, an ingress way to its (flow layout, device) pair. Ways
+overwritten while still fresh are evictions, which the engine derives from the kernel's counters.
 """
 
 from __future__ import annotations
@@ -13,34 +12,60 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections import Counter
-from struct import Struct
+from collections.abc import Iterator
+from struct import Struct, calcsize
 from typing import Any
 
 from mace_agent import layout
 
-_KEY = "HHI40x"
-_TX_WAY = Struct(f"<Q{_KEY}QIIH6x")
-_RX_WAY = Struct(f"<Q{_KEY}Q{ctypes.sizeof(layout.RxValC) - 8}x")
+WAYS = layout.PENDING_WAYS
 
 
-def _check(table: Any, way: Struct) -> None:
-    size = ctypes.sizeof(table.Leaf)
-    if size != layout.PENDING_WAYS * way.size:
-        raise ValueError(f"pending table sets of {size} bytes, expected {layout.PENDING_WAYS} x {way.size}")
+def _reader(cls: type[layout.Struct], fields: list[tuple[int, str]]) -> Struct:
+    """A reader of a whole ``cls`` that unpacks only the (offset, struct code) fields, in offset order."""
+    parts, at = ["<"], 0
+    for offset, code in sorted(fields):
+        parts.append(f"{offset - at}x{code}")
+        at = offset + calcsize(code)
+    parts.append(f"{ctypes.sizeof(cls) - at}x")
+    return Struct("".join(parts))
+
+
+def _way_field(set_cls: Any, way_cls: Any, way: int, *path: tuple[Any, str]) -> int:
+    """Offset in a set of one member of way ``way`` (path: (struct class, member) pairs)."""
+    return int(set_cls.way.offset + way * ctypes.sizeof(way_cls) + sum(getattr(c, m).offset for c, m in path))
+
+
+def _tags(set_cls: Any) -> list[tuple[int, str]]:
+    return [(set_cls.hash.offset + 8 * w, "Q") for w in range(WAYS)] + \
+           [(set_cls.ts.offset + 8 * w, "Q") for w in range(WAYS)]
+
+
+_TX_SET = _reader(layout.TxSetC, _tags(layout.TxSetC) + [
+    (_way_field(layout.TxSetC, layout.TxWayC, w, (layout.TxWayC, "value"), (layout.TxValC, "slot")), "H")
+    for w in range(WAYS)])
+"""hashes, times, then each way's slot."""
+_RX_SET = _reader(layout.RxSetC, _tags(layout.RxSetC) + [
+    (_way_field(layout.RxSetC, layout.RxWayC, w, (layout.RxWayC, "key"), (layout.CorrKeyC, member)), "H")
+    for w in range(WAYS) for member in ("layout", "dev")])
+"""hashes, times, then each way's flow layout and device slot."""
 
 
 class _Table:
     """One table: read in one system call per sweep."""
 
-    def __init__(self, table: Any, way: Struct) -> None:
-        _check(table, way)
-        self._table, self.way = table, way
+    def __init__(self, table: Any, set_cls: Any) -> None:
+        if ctypes.sizeof(table.Leaf) != ctypes.sizeof(set_cls):
+            raise ValueError(f"pending table sets of {ctypes.sizeof(table.Leaf)} bytes, layout.py says "
+                             f"{ctypes.sizeof(set_cls)}")
+        self._table = table
         self._sets = len(table)
         self._keys = (ctypes.c_uint32 * self._sets)()
-        self._values = (table.Leaf * self._sets)()
+        self._values = (set_cls * self._sets)()
         self.stale: set[tuple[int, int, int]] = set()
 
-    def ways(self) -> Any:
+    def sets(self, reader: Struct) -> Iterator[tuple[int, tuple[int, ...]]]:
+        """(set index, the reader's fields) of every set."""
         from bcc import lib  # loaded by the engine already
 
         count = ctypes.c_uint32(self._sets)
@@ -50,15 +75,15 @@ class _Table:
         error = ctypes.get_errno()
         if result != 0 and error != errno.ENOENT:
             raise OSError(error, f"reading the pending table: {errno.errorcode.get(error, error)}")
-        view = memoryview(self._values).cast("B")[:count.value * ctypes.sizeof(self._table.Leaf)]
-        return enumerate(self.way.iter_unpack(view))
+        view = memoryview(self._values).cast("B")[:count.value * reader.size]
+        return enumerate(reader.iter_unpack(view))
 
 
 class PendingTables:
     """Both directions' tables and what their sweeps counted."""
 
     def __init__(self, tx: Any, rx: Any) -> None:
-        self._tx, self._rx = _Table(tx, _TX_WAY), _Table(rx, _RX_WAY)
+        self._tx, self._rx = _Table(tx, layout.TxSetC), _Table(rx, layout.RxSetC)
         self.tx_expired: Counter[int] = Counter()
         """Expired egress packets by slot."""
         self.rx_expired: Counter[tuple[int, int]] = Counter()
@@ -70,25 +95,30 @@ class PendingTables:
         """Count fresh ways as pending and stale ways not counted before as expired."""
         tx_live: Counter[int] = Counter()
         stale = set()
-        for position, (hash_, _layout, _dev, _pad, ts, _pid, _tid, slot) in self._tx.ways():
-            if not hash_:
-                continue
-            if now_ns - ts <= ttl_ns:
-                tx_live[slot] += 1
-                continue
-            stale.add((position, hash_, ts))
-            if (position, hash_, ts) not in self._tx.stale:
-                self.tx_expired[slot] += 1
+        for index, fields in self._tx.sets(_TX_SET):
+            for w in range(WAYS):
+                hash_, ts, slot = fields[w], fields[WAYS + w], fields[2 * WAYS + w]
+                if not hash_:
+                    continue
+                if now_ns - ts <= ttl_ns:
+                    tx_live[slot] += 1
+                    continue
+                stale.add((index * WAYS + w, hash_, ts))
+                if (index * WAYS + w, hash_, ts) not in self._tx.stale:
+                    self.tx_expired[slot] += 1
         self._tx.stale, self.tx_live = stale, tx_live
         rx_live: Counter[tuple[int, int]] = Counter()
         stale = set()
-        for position, (hash_, layout_id, dev, _pad, ts) in self._rx.ways():
-            if not hash_:
-                continue
-            if now_ns - ts <= ttl_ns:
-                rx_live[(layout_id, dev)] += 1
-                continue
-            stale.add((position, hash_, ts))
-            if (position, hash_, ts) not in self._rx.stale:
-                self.rx_expired[(layout_id, dev)] += 1
+        for index, fields in self._rx.sets(_RX_SET):
+            for w in range(WAYS):
+                hash_, ts = fields[w], fields[WAYS + w]
+                pair = (fields[2 * WAYS + 2 * w], fields[2 * WAYS + 2 * w + 1])
+                if not hash_:
+                    continue
+                if now_ns - ts <= ttl_ns:
+                    rx_live[pair] += 1
+                    continue
+                stale.add((index * WAYS + w, hash_, ts))
+                if (index * WAYS + w, hash_, ts) not in self._rx.stale:
+                    self.rx_expired[pair] += 1
         self._rx.stale, self.rx_live = stale, rx_live

@@ -54,7 +54,7 @@ def prelude(offsets: KernelOffsets, config: EngineConfig, hooks: KernelHooks) ->
         "N_PROBE_COUNTERS": len(layout.PROBE_COUNTERS), "N_GROUP_COUNTERS": len(layout.GROUP_COUNTERS),
         "DIR_OUT": DIRECTIONS.index("out"), "DIR_IN": DIRECTIONS.index("in"),
         "TCP_SEND_HOOK": int(hooks.tcp_sendmsg_locked), "SOCK_RECV_HOOK": int(hooks.sock_recv_length),
-        "UDP_CLAIM": int(hooks.udp),
+        "UDP_CLAIM": int(hooks.udp), "READS_L2_OUT": layout.READS_L2_OUT, "READS_L2_IN": layout.READS_L2_IN,
         "VXLAN": int(bool(config.vxlan_ports)), "VXLAN_PORT(port)": vxlan_test(config.vxlan_ports),
     }
     defines |= offsets.defines()

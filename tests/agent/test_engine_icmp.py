@@ -3,7 +3,10 @@ routed or through a VXLAN overlay."""
 
 from __future__ import annotations
 
+import json
+import subprocess
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from pinging import ping_argv, replied_seqs
@@ -65,3 +68,35 @@ def test_ping_requests_and_replies_are_measured(make_topology: Callable[..., Top
     for direction in ("out", "in"):
         stats = summary[direction]
         assert 0 < stats["p50_ns"] <= stats["p90_ns"] <= stats["p99_ns"] <= stats["max_ns"] * 1.1
+
+
+def _mac(ns: str, dev: str) -> str:
+    links = json.loads(subprocess.run(["ip", "-n", ns, "-j", "link", "show", "dev", dev], check=True,
+                                      capture_output=True, text=True).stdout)
+    return str(links[0]["address"])
+
+
+def test_ethernet_info_fields_are_the_outer_devices_frames(topology: Topology) -> None:
+    """Ethernet fields in ``info`` (they may not correlate) are read only for the flow layouts that
+    ask for them, from the frame on the outer device: egress leaves the node's uplink for the
+    remote's interface, ingress arrives from it."""
+    t = topology
+    node_mac, remote_mac = _mac(t.node, t.remote.uplink), _mac(t.remote.ns, "eth0")
+    ping = Child(t, t.pod.ns, ping_argv("ipv4", t.remote.ipv4, COUNT), gated=True)
+    eth = ["eth_src_addr", "eth_dst_addr", "eth_proto"]
+    text = filter_text(t.uplink_ifindex, ping.pid, ["icmp_id", "icmp_seq"], ["icmp_seq", *eth])
+    agent = AgentProcess(t, t.node, text)
+    agent.wait_attached()
+    ping.release()
+    assert ping.wait_exit(30) == 0, ping.stderr()
+    agent.wait_events(lambda e: e["direction"] == "in", COUNT)
+    agent.stop()
+
+    out, inbound = agent.events_of("out"), agent.events_of("in")
+    assert sorted(info_values(out, "icmp_seq")) == list(range(1, COUNT + 1))
+    def frames(events: list[dict[str, Any]]) -> set[tuple[str, str]]:
+        return {(e["info"]["eth_src_addr"], e["info"]["eth_dst_addr"]) for e in events}
+
+    assert frames(out) == {(node_mac, remote_mac)}
+    assert frames(inbound) == {(remote_mac, node_mac)}
+    assert set(info_values(out + inbound, "eth_proto")) == {0x0800}
