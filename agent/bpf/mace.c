@@ -92,11 +92,13 @@ BPF_ARRAY(rate, struct rate_window, PROBE_SLOTS);
 BPF_PERCPU_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
 BPF_ARRAY(target_filter, struct target_filter, 1);
 BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call (to SEND_GRAIN_NS) */
-/* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE): while a
- * gate counts 0, the hooks after the call's start (its exit, net_dev_queue, sock_send_length,
- * sock_recv_length) return after one array read, with no task storage lookup, for every process. */
+/* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE), counted
+ * per slot of their thread ids (layout.CallGateC): a thread whose slot counts 0 leaves the hooks
+ * after a call's start (its exit, net_dev_queue, sock_send_length, sock_recv_length) after one
+ * array read, with no task storage lookup. Threads of no target pay a lookup only while a target
+ * thread with the same slot is inside a call. */
 enum { TX_GATE, RX_GATE, N_GATES };
-BPF_ARRAY(call_gates, s64, N_GATES);
+BPF_ARRAY(call_gates, struct call_gate, N_GATES);
 BPF_TASK_STORAGE(tx_call, struct tx_call);
 BPF_TASK_STORAGE(rx_batch, struct rx_batch);
 BPF_PERCPU_ARRAY(tx_stash, struct tx_stash, 1);
@@ -227,19 +229,32 @@ PENDING_FUNCTIONS(rx_pending, struct rx_set, struct rx_val)
 
 /* ---- call gates ---- */
 
-static __always_inline int gate_open(u32 gate)
+/* The current thread's slot of a gate. */
+static __always_inline u32 *gate_slot(u32 gate)
 {
-    s64 *n = call_gates.lookup(&gate);
-    return n && *n > 0;
+    struct call_gate *g = call_gates.lookup(&gate);
+    if (!g)
+        return 0;
+    u32 tid = (u32)bpf_get_current_pid_tgid();
+    return &g->n[((tid * GATE_HASH) >> (32 - GATE_SLOTS_LOG2)) & ((1 << GATE_SLOTS_LOG2) - 1)];
 }
 
-/* Count a thread in or out of a gate as its state becomes busy or idle (*counted: whether it is). */
+/* Whether a target thread in the current thread's slot is inside a call (for gate): else the
+ * current thread has no call state to look up. */
+static __always_inline int gate_open(u32 gate)
+{
+    u32 *n = gate_slot(gate);
+    return n && *n;
+}
+
+/* Count the current thread in or out of a gate as its state becomes busy or idle (*counted:
+ * whether it is counted now). */
 static __always_inline void gate_count(u32 gate, u32 *counted, u32 busy)
 {
     if (*counted == busy)
         return;
     *counted = busy;
-    s64 *n = call_gates.lookup(&gate);
+    u32 *n = gate_slot(gate);
     if (n)
         __sync_fetch_and_add(n, busy ? 1 : -1);
 }
@@ -386,11 +401,11 @@ static __always_inline u32 dev_netns(const u8 *dev)
     return inum;
 }
 
-/* Copy the outer device entry of dev to *out (0: dev is not an outer device). Its struct net_device's address is
- * remembered once its namespace was checked: later packets need no namespace read, and once the
- * engine has copied every outer device's address and entry into known_devices, every device is
- * found or told apart by address alone. (The agent removes an entry once its device is gone, so
- * the address cannot come to mean another one.) */
+/* Copy the outer device entry of dev to *out (0: dev is not an outer device). Its struct
+ * net_device's address is remembered once its namespace was checked: later packets need no
+ * namespace read, and once the engine has copied every outer device's address and entry into
+ * known_devices, every device is found or told apart by address alone. (The agent removes an
+ * entry once its device is gone, so the address cannot come to mean another one.) */
 static __always_inline int outer_dev(const u8 *dev, struct device *out)
 {
     if (!dev)
@@ -722,7 +737,9 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
         return 0;
     if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || !dev)
         return 0;
-    if (dev != call->dev_inside) {  /* (a device's namespace stays while it exists) */
+    /* A device changes namespace when it is set up (a CNI moves a veth end into the pod's), not
+     * while a pod's processes send through it: the last answers stand. */
+    if (dev != call->dev_inside) {
         if (dev == call->dev_outside || dev_netns((const u8 *)dev) != t->netns) {
             call->dev_outside = dev;
             return 0;

@@ -259,7 +259,7 @@ class NodeEngine(_Attached):
 
     def _check_sizes(self) -> None:
         expected = {b"targets": layout.TargetC, b"devices": layout.DeviceC, b"layouts": layout.FlowLayoutC,
-                    b"target_filter": layout.TargetFilterC,
+                    b"target_filter": layout.TargetFilterC, b"call_gates": layout.CallGateC,
                     b"probes": layout.ProbeC, b"probe_stats": layout.ProbeStatsC,
                     b"group_stats": layout.GroupStatsC, b"rate": layout.RateWindowC}
         for name, cls in expected.items():

@@ -56,6 +56,10 @@ TARGET_BITS_LOG2 = 16
 """The target filter's size: 2**16 bits, a few percent of them set by a thousand targets."""
 TARGET_HASH = 0x9E3779B97F4A7C15
 """The multiplier whose top TARGET_BITS_LOG2 bits of ``key * TARGET_HASH`` pick a key's filter bit."""
+GATE_SLOTS_LOG2 = 12
+"""A call gate counts threads in 2**12 slots, a thread's slot picked by a hash of its id."""
+GATE_HASH = 0x9E3779B1
+"""The multiplier whose top GATE_SLOTS_LOG2 bits of ``tid * GATE_HASH`` (32-bit) pick a thread's slot."""
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -153,6 +157,15 @@ def target_bit(key: int) -> int:
     return ((key * TARGET_HASH) & ((1 << 64) - 1)) >> (64 - TARGET_BITS_LOG2)
 
 
+class CallGateC(Struct):
+    """Target threads inside a send call (gate 0), or in a receive call or holding packets to report
+    (gate 1), counted in the slot of each thread's id. A thread whose slot counts 0 leaves the hooks
+    that follow a call's start without a task-storage lookup."""
+
+    _c_name_ = "call_gate"
+    _fields_ = [("n", u32 * (1 << GATE_SLOTS_LOG2))]
+
+
 class ProbeC(Struct):
     """A probe's settings (array index: its slot)."""
 
@@ -241,8 +254,9 @@ class EventC(Struct):
                 ("direction", u8), ("pad", u8 * 5), ("info", u8 * INFO_BYTES)]
 
 
-SHARED = (PieceC, FlowLayoutC, DeviceC, KnownDevicesC, GroupC, TargetC, TargetFilterC, ProbeC, ProbeStatsC,
-          GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, TxWayC, RxWayC, TxSetC, RxSetC, EventC)
+SHARED = (PieceC, FlowLayoutC, DeviceC, KnownDevicesC, GroupC, TargetC, TargetFilterC, CallGateC, ProbeC,
+          ProbeStatsC, GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, TxWayC, RxWayC, TxSetC, RxSetC,
+          EventC)
 """Every shared struct, in the order C needs them (a struct before its users)."""
 
 _C_TYPES: dict[Any, str] = {u8: "u8", u16: "u16", u32: "u32", u64: "u64"}

@@ -46,6 +46,7 @@ def prelude(offsets: KernelOffsets, config: EngineConfig, hooks: KernelHooks) ->
         "NO_TCP_SEQ": layout.NO_TCP_SEQ, "L4_SOURCE": layout.L4_SOURCE,
         "TGID_KEY": f"{layout.TGID_KEY}ULL", "TARGET_BITS_LOG2": layout.TARGET_BITS_LOG2,
         "TARGET_HASH": f"{layout.TARGET_HASH:#x}ULL",
+        "GATE_SLOTS_LOG2": layout.GATE_SLOTS_LOG2, "GATE_HASH": f"{layout.GATE_HASH:#x}U",
         "RX_SLOTS": layout.RX_SLOTS, "TCP_CHAIN": layout.TCP_CHAIN, "PENDING_WAYS": layout.PENDING_WAYS,
         "MAP_ENTRIES": config.map_entries, "THREAD_ENTRIES": config.thread_entries,
         "RINGBUF_PAGES": config.ringbuf_pages, "WAKE_EVERY": wake_every(config),

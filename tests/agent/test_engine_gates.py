@@ -27,9 +27,9 @@ from mace_agent.engine import NodeEngine, ProbeSpec
 
 udp_text, ping_text, udp_pid, ping_pid = json.loads(sys.argv[1])
 
-def gates(engine):
+def gates(engine):  # the threads counted in each gate, all slots
     table = engine.bpf[b"call_gates"]
-    return [int(table[table.Key(i)].value) for i in range(2)]
+    return [sum(table[table.Key(i)].n) for i in range(2)]
 
 def ended(pid):
     try:
