@@ -93,10 +93,10 @@ BPF_PERCPU_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
 BPF_ARRAY(target_filter, struct target_filter, 1);
 BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call (to SEND_GRAIN_NS) */
 /* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE), counted
- * per slot of their thread ids (layout.CallGateC): a thread whose slot counts 0 leaves the hooks
- * after a call's start (its exit, net_dev_queue, sock_send_length, sock_recv_length) after one
- * array read, with no task storage lookup. Threads of no target pay a lookup only while a target
- * thread with the same slot is inside a call. */
+ * in all and per slot of their thread ids (layout.CallGateC). The hooks after a call's start (its
+ * exit, net_dev_queue, sock_send_length, sock_recv_length) look up a thread's call state only if
+ * its slot counts a thread: while no target thread is counted, after one array read; else after
+ * reading the thread's id. A target blocked in a receive call keeps its own slot open, not all. */
 enum { TX_GATE, RX_GATE, N_GATES };
 BPF_ARRAY(call_gates, struct call_gate, N_GATES);
 BPF_TASK_STORAGE(tx_call, struct tx_call);
@@ -229,22 +229,19 @@ PENDING_FUNCTIONS(rx_pending, struct rx_set, struct rx_val)
 
 /* ---- call gates ---- */
 
-/* The current thread's slot of a gate. */
-static __always_inline u32 *gate_slot(u32 gate)
+/* The current thread's slot of gate g. */
+static __always_inline u32 *gate_slot(struct call_gate *g)
 {
-    struct call_gate *g = call_gates.lookup(&gate);
-    if (!g)
-        return 0;
     u32 tid = (u32)bpf_get_current_pid_tgid();
     return &g->n[((tid * GATE_HASH) >> (32 - GATE_SLOTS_LOG2)) & ((1 << GATE_SLOTS_LOG2) - 1)];
 }
 
 /* Whether a target thread in the current thread's slot is inside a call (for gate): else the
- * current thread has no call state to look up. */
+ * current thread has no call state to look up. While no target thread is, one array read. */
 static __always_inline int gate_open(u32 gate)
 {
-    u32 *n = gate_slot(gate);
-    return n && *n;
+    struct call_gate *g = call_gates.lookup(&gate);
+    return g && g->total && *gate_slot(g);
 }
 
 /* Count the current thread in or out of a gate as its state becomes busy or idle (*counted:
@@ -254,9 +251,12 @@ static __always_inline void gate_count(u32 gate, u32 *counted, u32 busy)
     if (*counted == busy)
         return;
     *counted = busy;
-    u32 *n = gate_slot(gate);
-    if (n)
-        __sync_fetch_and_add(n, busy ? 1 : -1);
+    struct call_gate *g = call_gates.lookup(&gate);
+    if (!g)
+        return;
+    u32 step = busy ? 1 : -1;
+    __sync_fetch_and_add(&g->total, step);
+    __sync_fetch_and_add(gate_slot(g), step);
 }
 
 /* ---- counters, histograms, events ---- */

@@ -159,11 +159,11 @@ def target_bit(key: int) -> int:
 
 class CallGateC(Struct):
     """Target threads inside a send call (gate 0), or in a receive call or holding packets to report
-    (gate 1), counted in the slot of each thread's id. A thread whose slot counts 0 leaves the hooks
-    that follow a call's start without a task-storage lookup."""
+    (gate 1): in all, and in the slot of each thread's id. A thread leaves the hooks that follow a
+    call's start without a task-storage lookup while no target thread is counted, or none in its slot."""
 
     _c_name_ = "call_gate"
-    _fields_ = [("n", u32 * (1 << GATE_SLOTS_LOG2))]
+    _fields_ = [("total", u32), ("n", u32 * (1 << GATE_SLOTS_LOG2))]
 
 
 class ProbeC(Struct):

@@ -27,9 +27,9 @@ from mace_agent.engine import NodeEngine, ProbeSpec
 
 udp_text, ping_text, udp_pid, ping_pid = json.loads(sys.argv[1])
 
-def gates(engine):  # the threads counted in each gate, all slots
+def gates(engine):  # per gate: the threads counted in all, and in all slots
     table = engine.bpf[b"call_gates"]
-    return [sum(table[table.Key(i)].n) for i in range(2)]
+    return [[table[table.Key(i)].total, sum(table[table.Key(i)].n)] for i in range(2)]
 
 def ended(pid):
     try:
@@ -77,5 +77,5 @@ def test_call_gates_close_after_the_targets_calls(topology: Topology) -> None:
     assert result["ended"] == [True, True], result
     assert result["counts"]["udp"]["out"] >= 10 and result["counts"]["udp"]["in"] >= 10, result
     assert result["counts"]["ping"]["out"] >= 5 and result["counts"]["ping"]["in"] >= 5, result
-    assert result["before"] == [0, 0], result
-    assert result["after"] == [0, 0], result
+    assert result["before"] == [[0, 0], [0, 0]], result
+    assert result["after"] == [[0, 0], [0, 0]], result
