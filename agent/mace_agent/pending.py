@@ -12,7 +12,7 @@ from __future__ import annotations
 import ctypes
 import errno
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from struct import Struct, calcsize
 from typing import Any
 
@@ -51,20 +51,24 @@ _RX_SET = _reader(layout.RxSetC, _tags(layout.RxSetC) + [
 """hashes, times, then each way's flow layout and device slot."""
 
 
+Owner = Callable[[tuple[int, ...], int], Any]
+"""What a way counts for, from a set's fields (as its reader unpacks them) and the way's number."""
+
+
 class _Table:
     """One table: read in one system call per sweep."""
 
-    def __init__(self, table: Any, set_cls: Any) -> None:
+    def __init__(self, table: Any, set_cls: Any, reader: Struct, owner_of: Owner) -> None:
         if ctypes.sizeof(table.Leaf) != ctypes.sizeof(set_cls):
             raise ValueError(f"pending table sets of {ctypes.sizeof(table.Leaf)} bytes, layout.py says "
                              f"{ctypes.sizeof(set_cls)}")
-        self._table = table
+        self._table, self._reader, self._owner_of = table, reader, owner_of
         self._sets = len(table)
         self._keys = (ctypes.c_uint32 * self._sets)()
         self._values = (set_cls * self._sets)()
         self.stale: set[tuple[int, int, int]] = set()
 
-    def sets(self, reader: Struct) -> Iterator[tuple[int, tuple[int, ...]]]:
+    def sets(self) -> Iterator[tuple[int, tuple[int, ...]]]:
         """(set index, the reader's fields) of every set."""
         from bcc import lib  # loaded by the engine already
 
@@ -75,15 +79,37 @@ class _Table:
         error = ctypes.get_errno()
         if result != 0 and error != errno.ENOENT:
             raise OSError(error, f"reading the pending table: {errno.errorcode.get(error, error)}")
-        view = memoryview(self._values).cast("B")[:count.value * reader.size]
-        return enumerate(reader.iter_unpack(view))
+        view = memoryview(self._values).cast("B")[:count.value * self._reader.size]
+        return enumerate(self._reader.iter_unpack(view))
+
+    def sweep(self, expired: Counter[Any], now_ns: int, ttl_ns: int) -> Counter[Any]:
+        """The fresh ways per owner; stale ways not seen stale before are added to ``expired``."""
+        live: Counter[Any] = Counter()
+        stale = set()
+        for index, fields in self.sets():
+            for w in range(WAYS):
+                hash_, ts = fields[w], fields[WAYS + w]
+                if not hash_:
+                    continue
+                owner = self._owner_of(fields, w)
+                if now_ns - ts <= ttl_ns:
+                    live[owner] += 1
+                    continue
+                way = (index * WAYS + w, hash_, ts)
+                stale.add(way)
+                if way not in self.stale:
+                    expired[owner] += 1
+        self.stale = stale
+        return live
 
 
 class PendingTables:
     """Both directions' tables and what their sweeps counted."""
 
     def __init__(self, tx: Any, rx: Any) -> None:
-        self._tx, self._rx = _Table(tx, layout.TxSetC), _Table(rx, layout.RxSetC)
+        self._tx = _Table(tx, layout.TxSetC, _TX_SET, lambda fields, w: fields[2 * WAYS + w])
+        self._rx = _Table(rx, layout.RxSetC, _RX_SET,
+                          lambda fields, w: (fields[2 * WAYS + 2 * w], fields[2 * WAYS + 2 * w + 1]))
         self.tx_expired: Counter[int] = Counter()
         """Expired egress packets by slot."""
         self.rx_expired: Counter[tuple[int, int]] = Counter()
@@ -93,32 +119,5 @@ class PendingTables:
 
     def sweep(self, now_ns: int, ttl_ns: int) -> None:
         """Count fresh ways as pending and stale ways not counted before as expired."""
-        tx_live: Counter[int] = Counter()
-        stale = set()
-        for index, fields in self._tx.sets(_TX_SET):
-            for w in range(WAYS):
-                hash_, ts, slot = fields[w], fields[WAYS + w], fields[2 * WAYS + w]
-                if not hash_:
-                    continue
-                if now_ns - ts <= ttl_ns:
-                    tx_live[slot] += 1
-                    continue
-                stale.add((index * WAYS + w, hash_, ts))
-                if (index * WAYS + w, hash_, ts) not in self._tx.stale:
-                    self.tx_expired[slot] += 1
-        self._tx.stale, self.tx_live = stale, tx_live
-        rx_live: Counter[tuple[int, int]] = Counter()
-        stale = set()
-        for index, fields in self._rx.sets(_RX_SET):
-            for w in range(WAYS):
-                hash_, ts = fields[w], fields[WAYS + w]
-                pair = (fields[2 * WAYS + 2 * w], fields[2 * WAYS + 2 * w + 1])
-                if not hash_:
-                    continue
-                if now_ns - ts <= ttl_ns:
-                    rx_live[pair] += 1
-                    continue
-                stale.add((index * WAYS + w, hash_, ts))
-                if (index * WAYS + w, hash_, ts) not in self._rx.stale:
-                    self.rx_expired[pair] += 1
-        self._rx.stale, self.rx_live = stale, rx_live
+        self.tx_live = self._tx.sweep(self.tx_expired, now_ns, ttl_ns)
+        self.rx_live = self._rx.sweep(self.rx_expired, now_ns, ttl_ns)
