@@ -122,19 +122,28 @@ def test_egress_matches_tbf_backlog_drain_time(make_topology: Callable[..., Topo
     capture.wait_until(lambda: len(first_fillers(capture)) >= count, 10, "captured first fillers")
     starts = sorted(first_fillers(capture))
     left = {f["payload8"]: f["real_ns"] for f in capture.records("payload8") if f["outgoing"]}
-    errors, model_errors = [], []
+    errors, model_errors, unmeasured = [], [], []
     for r, start_real in zip(requests, starts, strict=True):
         if r["send_end_ns"] - r["send_start_ns"] > SEND_CALL_BOUND_NS:
             continue  # the client was descheduled around its send: its clock read is not the call's start
-        expected = start_real - r["real_offset_ns"] + drain_ns - r["send_start_ns"]
-        errors.append(outbound[r["seq"]]["latency_ns"] - expected)
+        if r["seq"] not in outbound:  # seen on a loaded machine, before and after 73b004f: 1 round in 11
+            unmeasured.append(r["seq"])
+            continue
+        departed = left[r["seq"]] - r["real_offset_ns"] - r["send_start_ns"]  # the probe's frame left
+        errors.append(outbound[r["seq"]]["latency_ns"] - departed)
         model_errors.append(left[r["seq"]] - start_real - drain_ns)  # the device's view of the model
-    print(f"TBF drain {drain_ns / 1e3:.0f} us; egress error (us): {[round(e / 1e3, 1) for e in errors]}; "
-          f"probe departure vs model (us): {[round(e / 1e3, 1) for e in model_errors]}")
-    # The probe is late by the TBF watchdog timer's latency and the softirq run that follow the
-    # moment it may leave, and by nothing else; tc's rate table rounds by well under a microsecond
-    # per frame. Allow 200 us at the median, and no sample early by more than 50 us.
-    assert len(errors) >= 3, f"only {len(errors)} of {count} sends ran undisturbed"
+    print(f"TBF drain {drain_ns / 1e3:.0f} us; unmeasured probes {unmeasured}; "
+          f"egress vs the probe's departure (us): "
+          f"{[round(e / 1e3, 1) for e in errors]}; departure vs model (us): "
+          f"{[round(e / 1e3, 1) for e in model_errors]}")
+    # The probe's frame leaves once the backlog queued ahead of it has drained, never sooner (tc's rate
+    # table rounds by well under a microsecond per frame), and later by the TBF watchdog timer's and
+    # the softirq's latency (milliseconds on a loaded machine). The engine's egress ends where the
+    # packet socket sees the frame leave: allow 200 us at the median, and no sample early by more than
+    # 50 us. Together: egress holds the whole backlog's drain time.
+    assert len(unmeasured) <= 1, f"probes {unmeasured} unmeasured"
+    assert len(errors) >= 3, f"only {len(errors)} of {count} sends ran undisturbed and were measured"
+    assert min(model_errors) >= -50 * US, model_errors
     assert min(errors) >= -50 * US, errors
     assert abs(statistics.median(errors)) <= 200 * US, errors
 
