@@ -57,7 +57,7 @@ struct pkt {
 };
 
 struct probe_hist { u64 b[2 * HIST_BUCKETS]; };
-struct tx_hit { struct corr_key key; struct tx_val value; u8 info[INFO_BYTES]; };
+struct tx_hit { struct corr_key key; struct tx_val value; u64 ts; u8 info[INFO_BYTES]; };
 struct tx_stash { u64 skb; u64 dev; u32 n; u32 pad; struct tx_hit hit[STASH_HITS]; };
 struct rx_slot { u64 ts; u16 slot; u16 pad[3]; u8 info[INFO_BYTES]; };
 struct rx_batch {
@@ -161,8 +161,8 @@ static __always_inline int same_key(const struct corr_key *a, const struct corr_
 }
 
 /* <name>_find(key, now, &set): the way of *set holding key, not expired (-1: none);
- * <name>_insert(key, value): 0 if inserted, -1 if key is already pending.
- * (<name>_set_t: layout.TxSetC or RxSetC, whose values start with u64 ts.) */
+ * <name>_insert(key, value, ts): 0 if inserted, -1 if key is already pending.
+ * (set_t: layout.TxSetC or RxSetC; a way's time is the set's ts[way].) */
 #define PENDING_FUNCTIONS(name, set_t, value_t)                                             \
 static __always_inline int name##_find(const struct corr_key *key, u64 now, set_t **found)  \
 {                                                                                           \
@@ -180,7 +180,8 @@ static __always_inline int name##_find(const struct corr_key *key, u64 now, set_
     }                                                                                       \
     return -1;                                                                              \
 }                                                                                           \
-static __always_inline int name##_insert(const struct corr_key *key, const value_t *value)  \
+static __always_inline int name##_insert(const struct corr_key *key, const value_t *value, \
+                                         u64 ts)                                            \
 {                                                                                           \
     u64 hash = key_hash(key);                                                               \
     set_t *set = name##_set_of(hash);                                                       \
@@ -191,7 +192,7 @@ static __always_inline int name##_insert(const struct corr_key *key, const value
     _Pragma("unroll")                                                                       \
     for (int i = 0; i < PENDING_WAYS; i++) {                                                \
         u64 age_key = set->hash[i] ? set->ts[i] : 0;                                        \
-        if (set->hash[i] == hash && value->ts - set->ts[i] <= TTL_NS                        \
+        if (set->hash[i] == hash && ts - set->ts[i] <= TTL_NS                               \
             && same_key(&set->way[i].key, key))                                             \
             return -1;                                                                      \
         if (age_key < oldest) {                                                             \
@@ -203,7 +204,7 @@ static __always_inline int name##_insert(const struct corr_key *key, const value
     set->hash[victim] = 0;                                                                  \
     __builtin_memcpy(&set->way[victim].key, key, sizeof(*key));                             \
     __builtin_memcpy(&set->way[victim].value, value, sizeof(*value));                       \
-    set->ts[victim] = value->ts;                                                            \
+    set->ts[victim] = ts;                                                                   \
     asm volatile("" ::: "memory");                                                          \
     set->hash[victim] = hash;                                                               \
     return 0;                                                                               \
@@ -750,7 +751,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_OUT)))
         return 0;
     u64 id = bpf_get_current_pid_tgid();
-    struct tx_val value = {.ts = call->start, .pid = id >> 32, .tid = (u32)id};
+    struct tx_val value = {.pid = id >> 32, .tid = (u32)id};
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         if (g >= t->n_out)
             break;
@@ -761,7 +762,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
         value.slot = group->slot;
         /* Refused when already pending: the packet is queued again on later devices in the
          * same context, and its first queueing counts. */
-        if (tx_pending_insert(&key, &value) == 0)
+        if (tx_pending_insert(&key, &value, call->start) == 0)
             probe_count(group->slot, C_OUT_INSERTED, 1);
     }
     return 0;
@@ -804,7 +805,9 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
         int way = tx_pending_find(&hit->key, now, &set);
         if (way < 0)
             continue;
-        __builtin_memcpy(&hit->value, &set->way[way & (PENDING_WAYS - 1)].value, sizeof(hit->value));
+        way &= PENDING_WAYS - 1;
+        __builtin_memcpy(&hit->value, &set->way[way].value, sizeof(hit->value));
+        hit->ts = set->ts[way];
         gather_info(p, l, hit->info);
         n++;
     }
@@ -837,7 +840,7 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
             continue;
         set->hash[way & (PENDING_WAYS - 1)] = 0;
         probe_count(hit->value.slot, C_OUT_MATCHED, 1);
-        record(hit->value.slot, DIR_OUT, hit->value.ts, now, hit->value.pid, hit->value.tid, hit->info);
+        record(hit->value.slot, DIR_OUT, hit->ts, now, hit->value.pid, hit->value.tid, hit->info);
     }
     return 0;
 }
@@ -858,7 +861,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
     if (!p || parse_skb(skb, p, AT_RX_DEVICE | AT_OUTER | L2_IF(d->reads_l2, READS_L2_IN)))
         return 0;
     struct rx_val value = {};
-    value.ts = bpf_ktime_get_ns();
+    u64 arrived = bpf_ktime_get_ns();
     for (u32 i = 0; i < DEV_LAYOUTS; i++) {
         if (i >= d->n_in)
             break;
@@ -872,7 +875,7 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
         if (p->payload && at <= CORR_BYTES - 4)
             value.next_seq = be32_at(key.b + at) + p->payload;
         gather_info(p, l, value.info);
-        group_count(d->slot, layout, rx_pending_insert(&key, &value) ? G_IN_DUPLICATE : G_IN_INSERTED);
+        group_count(d->slot, layout, rx_pending_insert(&key, &value, arrived) ? G_IN_DUPLICATE : G_IN_INSERTED);
     }
     return 0;
 }
@@ -917,7 +920,7 @@ static __always_inline s64 rx_take(struct rx_batch *batch, const struct corr_key
     u32 n = batch->n;
     if (n < RX_SLOTS) {
         struct rx_slot *slot = &batch->slot[n];
-        slot->ts = pending->ts;
+        slot->ts = set->ts[way];
         slot->slot = group->slot;
         __builtin_memcpy(slot->info, pending->info, INFO_BYTES);
         batch->n = n + 1;

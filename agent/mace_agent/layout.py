@@ -202,17 +202,19 @@ class CorrKeyC(Struct):
 
 
 class TxValC(Struct):
-    """A sent packet waiting for the outer device: when its send began, who sent it, for which slot."""
+    """A sent packet waiting for the outer device: who sent it, for which slot (when its send began is
+    its way's time in ``TxSetC.ts``)."""
 
     _c_name_ = "tx_val"
-    _fields_ = [("ts", u64), ("pid", u32), ("tid", u32), ("slot", u16), ("pad", u16 * 3)]
+    _fields_ = [("pid", u32), ("tid", u32), ("slot", u16), ("pad", u16 * 3)]
 
 
 class RxValC(Struct):
-    """A received packet waiting for its reader: arrival time, TCP's next sequence number, info."""
+    """A received packet waiting for its reader: TCP's next sequence number, info (its arrival time is
+    its way's time in ``RxSetC.ts``)."""
 
     _c_name_ = "rx_val"
-    _fields_ = [("ts", u64), ("next_seq", u32), ("pad", u32), ("info", u8 * INFO_BYTES)]
+    _fields_ = [("next_seq", u32), ("pad", u32), ("info", u8 * INFO_BYTES)]
 
 
 class TxWayC(Struct):
@@ -231,7 +233,7 @@ class RxWayC(Struct):
 
 class TxSetC(Struct):
     """One set of the egress pending table (mace.c): ``PENDING_WAYS`` ways. Their hashes (0: an empty
-    way; written last, so a way is published whole) and times (their values' ``ts``) share the set's
+    way; written last, so a way is published whole) and times (a send's start, an arrival) share the set's
     first 64 bytes, the one cache line an insert or a miss reads; a way's packet id and value are read
     only when its hash matches."""
 
