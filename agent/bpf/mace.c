@@ -36,6 +36,8 @@
 #define ETH_P_IPV6 0x86DD
 #define IPPROTO_TCP_ 6
 #define IPPROTO_UDP_ 17
+#define AF_INET_ 2
+#define AF_INET6_ 10
 #define MSG_PEEK_ 2
 #define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
 #define STASH_HITS 4
@@ -92,6 +94,10 @@ BPF_ARRAY(rate, struct rate_window, PROBE_SLOTS);
 BPF_PERCPU_ARRAY(group_stats, struct group_stats, MAX_DEVICES * MAX_LAYOUTS);
 BPF_ARRAY(target_filter, struct target_filter, 1);
 BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send call (to SEND_GRAIN_NS) */
+/* Ingress admission (see rx_admitted): the ports of the targets' sockets, a bit per TCP then per
+ * UDP port (layout.port_bit), and the addresses of the agent's network namespace. */
+BPF_ARRAY(rx_ports, u64, PORT_WORDS);
+BPF_HASH(node_addresses, struct node_address, u8, NODE_ADDRESSES);
 /* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE), counted
  * in all and per slot of their thread ids (layout.CallGateC). The hooks after a call's start (its
  * exit, net_dev_queue, sock_send_length, sock_recv_length) look up a thread's call state only if
@@ -588,6 +594,72 @@ static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int at)
     return 0;
 }
 
+/* ---- ingress admission ----
+ * An outer device's receive inserts a packet only if a target may read it: a packet that is not
+ * TCP or UDP, one to a port some target's socket has (rx_ports), one to a multicast or broadcast
+ * address, or one to an address of the agent's own namespace (the node's: NAT may turn it into a
+ * pod's address and port, as NodePort and hostPort do). A target's ports are learnt where it binds,
+ * sends, and starts a receive call; the agent adds those of the sockets it has when a probe starts
+ * (engine.py). Bits stay set until no target is left: a port set for nothing costs inserts only. */
+
+static __always_inline u64 *port_word(u8 proto, u16 port, u64 *bit)
+{
+    u32 index = (proto == IPPROTO_UDP_ ? PORT_WORDS / 2 : 0) + (port >> 6);
+    *bit = 1ULL << (port & 63);
+    return rx_ports.lookup(&index);
+}
+
+/* A target's socket has local port port of proto. */
+static __always_inline void admit_port(u8 proto, u16 port)
+{
+    if (proto != IPPROTO_TCP_ && proto != IPPROTO_UDP_)
+        return;
+    u64 bit;
+    u64 *word = port_word(proto, port, &bit);
+    if (word && !(*word & bit))
+        __sync_fetch_and_or(word, bit);
+}
+
+/* The big-endian 16-bit number at p->b[pos]. */
+static __always_inline u16 be16_at_pkt(const struct pkt *p, u32 pos)
+{
+    return ((u16)p->b[pos & (PKT_BYTES - 1)] << 8) | p->b[(pos + 1) & (PKT_BYTES - 1)];
+}
+
+/* The transport ports of a parsed TCP or UDP packet were read (src at 0, dst at 2). */
+static __always_inline int has_ports(const struct pkt *p)
+{
+    return (p->proto == IPPROTO_TCP_ || p->proto == IPPROTO_UDP_) && L2_BYTES + p->l4off + 4 <= p->b_len;
+}
+
+/* Whether the packet's destination is a multicast or broadcast address or one of the node's. */
+static __always_inline int to_node(const struct pkt *p)
+{
+    const u8 *ip = p->b + L2_BYTES;
+    struct node_address key = {};
+    key.family = p->family;
+    if (p->family == 4) {
+        if (ip[16] >= 224)
+            return 1;
+        __builtin_memcpy(key.addr, ip + 16, 4);
+    } else {
+        if (ip[24] == 0xff)
+            return 1;
+        __builtin_memcpy(key.addr, ip + 24, 16);
+    }
+    return node_addresses.lookup(&key) != 0;
+}
+
+/* Whether an outer device's receive keeps the parsed packet for the targets' receive calls. */
+static __always_inline int rx_admitted(const struct pkt *p)
+{
+    if (!has_ports(p))
+        return 1;
+    u64 bit;
+    u64 *word = port_word(p->proto, be16_at_pkt(p, L2_BYTES + p->l4off + 2), &bit);
+    return !word || (*word & bit) || to_node(p);
+}
+
 /* ---- flow layouts: packing a packet's fields ---- */
 
 static __always_inline int layout_fits(const struct flow_layout *l, const struct pkt *p)
@@ -707,6 +779,23 @@ static __always_inline int tx_end(u32 by_socket)
     return 0;
 }
 
+/* A target binds a socket: admit its port, for TCP and UDP alike (the call does not say which). */
+TRACEPOINT_PROBE(syscalls, sys_enter_bind)
+{
+    if (!current_target())
+        return 0;
+    u16 head[2] = {};  /* sa_family, then the port of sockaddr_in and sockaddr_in6 */
+    if (args->addrlen < (int)sizeof(head) || bpf_probe_read_user(head, sizeof(head), args->umyaddr)
+        || (head[0] != AF_INET_ && head[0] != AF_INET6_))
+        return 0;
+    u16 port = (u16)(head[1] << 8) | (head[1] >> 8);
+    if (port) {
+        admit_port(IPPROTO_TCP_, port);
+        admit_port(IPPROTO_UDP_, port);
+    }
+    return 0;
+}
+
 TRACEPOINT_PROBE(syscalls, sys_enter_sendto) { return tx_begin(0); }
 TRACEPOINT_PROBE(syscalls, sys_enter_sendmsg) { return tx_begin(0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_sendto) { return tx_end(0); }
@@ -750,6 +839,8 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     struct pkt *p = pkt_buffer(AT_QUEUE);
     if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_OUT)))
         return 0;
+    if (has_ports(p))  /* the sending socket's port: replies to it are admitted */
+        admit_port(p->proto, be16_at_pkt(p, L2_BYTES + p->l4off));
     u64 id = bpf_get_current_pid_tgid();
     struct tx_val value = {.pid = id >> 32, .tid = (u32)id};
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
@@ -858,7 +949,8 @@ RAW_TRACEPOINT_PROBE(netif_receive_skb)
     if (!outer_dev((const u8 *)dev, &dev_entry) || !d->n_in)
         return 0;
     struct pkt *p = pkt_buffer(AT_RECEIVE);
-    if (!p || parse_skb(skb, p, AT_RX_DEVICE | AT_OUTER | L2_IF(d->reads_l2, READS_L2_IN)))
+    if (!p || parse_skb(skb, p, AT_RX_DEVICE | AT_OUTER | L2_IF(d->reads_l2, READS_L2_IN))
+        || !rx_admitted(p))
         return 0;
     struct rx_val value = {};
     u64 arrived = bpf_ktime_get_ns();
@@ -984,6 +1076,8 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
     struct pkt *p = pkt_buffer(AT_COPY);
     if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_IN)))
         return 0;
+    if (has_ports(p))
+        admit_port(p->proto, be16_at_pkt(p, L2_BYTES + p->l4off + 2));
     u64 now = bpf_ktime_get_ns();
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         if (g >= t->n_in)
@@ -1146,9 +1240,11 @@ static __always_inline u64 call_udp_sock(struct rx_batch *batch, u64 fd)
     if (batch->sock && batch->sock_fd == (s64)fd)
         return batch->sock_udp ? batch->sock : 0;
     u64 sk = fd_to_sock((u32)fd);
-    u16 protocol = 0;
+    u16 protocol = 0, port = 0;
     if (sk && bpf_probe_read_kernel(&protocol, sizeof(protocol), (const void *)(sk + OFF_SOCK_PROTOCOL)))
         sk = 0;
+    if (sk && !bpf_probe_read_kernel(&port, sizeof(port), (const void *)(sk + OFF_SOCK_NUM)))
+        admit_port(protocol, port);  /* skc_num: the local port, in host order */
     batch->sock_fd = fd;
     batch->sock = sk;
     batch->sock_udp = protocol == IPPROTO_UDP_;

@@ -33,6 +33,7 @@ from typing import Any, Self
 from mace.models import ProtocolFilter
 from mace.probe import Scope
 from mace_agent import histogram, kernel, layout, program
+from mace_agent.admission import Admission, cgroup_pids, socket_ports
 from mace_agent.btf import BTF, BTFError
 from mace_agent.cgroups import CgroupError, cgroup_id
 from mace_agent.config import EngineConfig
@@ -214,6 +215,7 @@ class NodeEngine(_Attached):
         self._layouts = _Refcounts(layout.MAX_LAYOUTS, "flow layout")
         self._devices = _Refcounts(layout.MAX_DEVICES, "outer device")
         self._pending: PendingTables | None = None
+        self._admission: Admission | None = None
         self._next_sweep = 0.0
         self._netns = 0
         self._devices_known = False
@@ -254,6 +256,8 @@ class NodeEngine(_Attached):
         self._netns = kernel.netns_inode()
         self._bpf[b"events"].open_ring_buffer(self._on_event)
         self._pending = PendingTables(self._bpf[b"tx_pending"], self._bpf[b"rx_pending"])
+        self._admission = Admission(self._bpf)
+        self._admission.refresh_addresses()
         self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
         self.attach_seconds = time.monotonic() - began
 
@@ -268,6 +272,11 @@ class NodeEngine(_Attached):
             if size != ctypes.sizeof(cls):
                 raise KernelFeatureError(f"map {name.decode()} holds {size}-byte values, layout.py "
                                          f"says {ctypes.sizeof(cls)}")
+
+    def _require_admission(self) -> Admission:
+        if self._admission is None:
+            raise RuntimeError("engine is not started")
+        return self._admission
 
     def _require(self) -> Any:
         if self._bpf is None:
@@ -345,6 +354,7 @@ class NodeEngine(_Attached):
                             self._release(unused)
                     raise
                 probe = Probe(spec, tuple(measurements), watch, self.config.exact_values)
+                self._require_admission().admit(socket_ports(_processes(spec)))
                 probe.baseline = self._raw(probe.measurements)
                 for measurement in measurements:
                     measurement.probes.append(probe)
@@ -417,6 +427,8 @@ class NodeEngine(_Attached):
             self._by_slot.pop(measurement.slot, None)
             self._free_at[measurement.slot] = time.monotonic() + QUARANTINE_FACTOR * self.config.ttl_s
             self._write_maps(measurement)
+            if not self._measurements:
+                self._require_admission().clear_ports()
             for flow in (measurement.out, measurement.inbound):
                 self._layouts.release(flow.spec)
             self._devices.release(measurement.dev_id)
@@ -556,6 +568,8 @@ class NodeEngine(_Attached):
                 self._pending.sweep(time.monotonic_ns(), int(self.config.ttl_s * 1e9))
             if self._bpf is not None and not self._devices_known:
                 self._learn_devices()
+            if self._admission is not None:
+                self._admission.refresh_addresses()
             self._next_sweep = time.monotonic() + SWEEP_INTERVAL_S
 
     def _learn_devices(self) -> None:
@@ -628,6 +642,13 @@ class NodeEngine(_Attached):
     def stop_reason(self, probe: Probe) -> str | None:
         """``process_exited`` or ``device_removed`` once the probe's target is gone, else None."""
         return probe.watch.gone()
+
+
+def _processes(spec: ProbeSpec) -> set[int]:
+    """The processes a probe measures now: its process, or every process of its pids' cgroups."""
+    if spec.scope is Scope.process:
+        return {spec.filter.proc_id}
+    return {pid for given in spec.pids or (spec.filter.proc_id,) for pid in cgroup_pids(given)}
 
 
 def _reads_l2(measurements: list[Measurement]) -> int:

@@ -36,6 +36,7 @@ class KernelHooks:
         """The ``category:event`` tracepoints the program attaches to with these hooks."""
         calls = ("sendto", "sendmsg", "sendmmsg", "recvfrom", "recvmsg", "recvmmsg")
         names = [f"syscalls:sys_{edge}_{call}" for call in calls for edge in ("enter", "exit")]
+        names.append("syscalls:sys_enter_bind")
         names += ["net:net_dev_queue", "net:net_dev_start_xmit", "net:net_dev_xmit", "net:netif_receive_skb",
                   "skb:skb_copy_datagram_iovec"]
         if self.sock_recv_length:

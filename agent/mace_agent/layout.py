@@ -60,6 +60,10 @@ GATE_SLOTS_LOG2 = 12
 """A call gate counts threads in 2**12 slots, a thread's slot picked by a hash of its id."""
 GATE_HASH = 0x9E3779B1
 """The multiplier whose top GATE_SLOTS_LOG2 bits of ``tid * GATE_HASH`` (32-bit) pick a thread's slot."""
+PORT_WORDS = 2 * (1 << 16) // 64
+"""``rx_ports``: one bit per TCP port (words 0 to 1023), then one per UDP port."""
+NODE_ADDRESSES = 4096
+"""Addresses of the agent's network namespace the outer device's ingress admits whatever their port."""
 
 u8, u16, u32, u64 = ctypes.c_uint8, ctypes.c_uint16, ctypes.c_uint32, ctypes.c_uint64
 
@@ -166,6 +170,19 @@ class CallGateC(Struct):
     _fields_ = [("total", u32), ("n", u32 * (1 << GATE_SLOTS_LOG2))]
 
 
+def port_bit(proto: int, port: int) -> tuple[int, int]:
+    """(word, bit mask) of a TCP (6) or UDP (17) port in ``rx_ports`` (mace.c's ``port_word``)."""
+    return (PORT_WORDS // 2 if proto == 17 else 0) + (port >> 6), 1 << (port & 63)
+
+
+class NodeAddressC(Struct):
+    """A key of ``node_addresses``: an address of the agent's network namespace (IPv4: its first 4
+    bytes, the rest zero)."""
+
+    _c_name_ = "node_address"
+    _fields_ = [("family", u32), ("addr", u8 * 16)]
+
+
 class ProbeC(Struct):
     """A probe's settings (array index: its slot)."""
 
@@ -256,9 +273,9 @@ class EventC(Struct):
                 ("direction", u8), ("pad", u8 * 5), ("info", u8 * INFO_BYTES)]
 
 
-SHARED = (PieceC, FlowLayoutC, DeviceC, KnownDevicesC, GroupC, TargetC, TargetFilterC, CallGateC, ProbeC,
-          ProbeStatsC, GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, TxWayC, RxWayC, TxSetC, RxSetC,
-          EventC)
+SHARED = (PieceC, FlowLayoutC, DeviceC, KnownDevicesC, GroupC, TargetC, TargetFilterC, CallGateC,
+          NodeAddressC, ProbeC, ProbeStatsC, GroupStatsC, RateWindowC, CorrKeyC, TxValC, RxValC, TxWayC,
+          RxWayC, TxSetC, RxSetC, EventC)
 """Every shared struct, in the order C needs them (a struct before its users)."""
 
 _C_TYPES: dict[Any, str] = {u8: "u8", u16: "u16", u32: "u32", u64: "u64"}

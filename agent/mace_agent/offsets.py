@@ -28,6 +28,7 @@ MEMBERS: dict[str, tuple[str, str, int]] = {
     "file_private_data": ("file", "private_data", 8),
     "socket_sk": ("socket", "sk", 8),
     "sock_protocol": ("sock", "sk_protocol", 2),
+    "sock_num": ("sock", "__sk_common.skc_num", 2),
     "sock_receive_queue_next": ("sock", "sk_receive_queue.next", 8),
     "sock_receive_queue_prev": ("sock", "sk_receive_queue.prev", 8),
     "sock_receive_queue_qlen": ("sock", "sk_receive_queue.qlen", 4),

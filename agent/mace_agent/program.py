@@ -47,6 +47,7 @@ def prelude(offsets: KernelOffsets, config: EngineConfig, hooks: KernelHooks) ->
         "TGID_KEY": f"{layout.TGID_KEY}ULL", "TARGET_BITS_LOG2": layout.TARGET_BITS_LOG2,
         "TARGET_HASH": f"{layout.TARGET_HASH:#x}ULL",
         "GATE_SLOTS_LOG2": layout.GATE_SLOTS_LOG2, "GATE_HASH": f"{layout.GATE_HASH:#x}U",
+        "PORT_WORDS": layout.PORT_WORDS, "NODE_ADDRESSES": layout.NODE_ADDRESSES,
         "RX_SLOTS": layout.RX_SLOTS, "TCP_CHAIN": layout.TCP_CHAIN, "PENDING_WAYS": layout.PENDING_WAYS,
         "MAP_ENTRIES": config.map_entries, "THREAD_ENTRIES": config.thread_entries,
         "RINGBUF_PAGES": config.ringbuf_pages, "WAKE_EVERY": wake_every(config),

@@ -1,0 +1,121 @@
+"""Which packets an outer device's receive keeps for the targets: user space's half.
+
+The program inserts an ingress packet into the pending table only if a target may read it (mace.c,
+``rx_admitted``): a TCP or UDP packet must be addressed to a port one of the targets' sockets has
+(``rx_ports``), or to an address of the agent's own network namespace (``node_addresses``: NAT may
+turn it into a pod's address and port). The program learns the ports a target binds, sends from and
+reads from; this module adds the ports of the sockets a target has when its probe starts, and keeps
+the node's addresses current.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import socket
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from mace_agent import layout
+from mace_agent.cgroups import PROC, CgroupError, cgroup_dir
+
+_SOCKET_TABLES = (("tcp", 6), ("tcp6", 6), ("udp", 17), ("udp6", 17))
+_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """Inode numbers of the sockets among a process's file descriptors."""
+    inodes: set[int] = set()
+    try:
+        fds = os.listdir(f"{PROC}/{pid}/fd")
+    except OSError:
+        return inodes
+    for fd in fds:
+        try:
+            link = os.readlink(f"{PROC}/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(int(link[8:-1]))
+    return inodes
+
+
+def socket_ports(pids: Iterable[int]) -> set[tuple[int, int]]:
+    """(protocol, local port) of every TCP and UDP socket the processes hold (6: TCP, 17: UDP)."""
+    ports: set[tuple[int, int]] = set()
+    for pid in pids:
+        inodes = _socket_inodes(pid)
+        if not inodes:
+            continue
+        for table, proto in _SOCKET_TABLES:  # the tables of the process's network namespace
+            try:
+                lines = Path(f"{PROC}/{pid}/net/{table}").read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 9 and int(fields[9]) in inodes:
+                    ports.add((proto, int(fields[1].rsplit(":", 1)[1], 16)))
+    return ports
+
+
+def cgroup_pids(pid: int) -> set[int]:
+    """The processes of pid's cgroup v2 (just pid where it has none)."""
+    try:
+        text = Path(cgroup_dir(pid), "cgroup.procs").read_text()
+    except (CgroupError, OSError):
+        return {pid}
+    return {int(p) for p in text.split()} | {pid}
+
+
+def namespace_addresses() -> set[tuple[int, bytes]]:
+    """(family 4 or 6, address) of every address of this process's network namespace."""
+    from pyroute2 import IPRoute  # imported late: only the engine needs it
+
+    with IPRoute() as ipr:
+        return {(_FAMILIES[m["family"]], socket.inet_pton(m["family"], m.get_attr("IFA_ADDRESS")))
+                for m in ipr.get_addr() if m["family"] in _FAMILIES and m.get_attr("IFA_ADDRESS")}
+
+
+class Admission:
+    """The program's admission maps (``rx_ports``, ``node_addresses``)."""
+
+    def __init__(self, bpf: Any) -> None:
+        self._ports = bpf[b"rx_ports"]
+        self._addresses = bpf[b"node_addresses"]
+        self._written: set[tuple[int, bytes]] = set()
+
+    def admit(self, ports: Iterable[tuple[int, int]]) -> None:
+        """Set the bits of (protocol, port) pairs (the program may set others at the same time: a
+        bit it sets between this read and write is set again at the target's next call)."""
+        words: dict[int, int] = {}
+        for proto, port in ports:
+            word, bit = layout.port_bit(proto, port)
+            words[word] = words.get(word, 0) | bit
+        for word, bits in words.items():
+            key = ctypes.c_uint32(word)
+            value = self._ports[key].value
+            if value & bits != bits:
+                self._ports[key] = ctypes.c_uint64(value | bits)
+
+    def clear_ports(self) -> None:
+        """Clear every port bit (no target is left)."""
+        for word, value in self._ports.items():
+            if value.value:
+                self._ports[word] = ctypes.c_uint64(0)
+
+    def refresh_addresses(self) -> None:
+        """Write the namespace's current addresses (the most ``layout.NODE_ADDRESSES``)."""
+        current = set(sorted(namespace_addresses())[:layout.NODE_ADDRESSES])
+        for family, addr in self._written - current:
+            self._addresses.pop(_key(family, addr), None)
+        for family, addr in current - self._written:
+            self._addresses[_key(family, addr)] = ctypes.c_uint8(1)
+        self._written = current
+
+
+def _key(family: int, addr: bytes) -> layout.NodeAddressC:
+    key = layout.NodeAddressC(family=family)
+    ctypes.memmove(key.addr, addr, len(addr))
+    return key
