@@ -95,9 +95,10 @@ def prefork(workers: int, port: int) -> bool:
     os._exit(0)
 
 
-def udp_server(bind: str, port: int, sink_port: int | None, workers: int = 0) -> None:
+def udp_server(bind: str, port: int, sink_port: int | None, workers: int = 0, log: bool = False) -> None:
     """Echo every datagram on ``port`` back to its sender; discard what arrives on ``sink_port``.
-    With ``workers``, that many forked children serve the socket and the parent only waits."""
+    With ``workers``, that many forked children serve the socket and the parent only waits. With
+    ``log``, print which process read each echoed datagram (its sequence number)."""
     fam = family_of(bind)
     echo = socket.socket(fam, socket.SOCK_DGRAM)
     echo.bind((bind, port))
@@ -119,6 +120,8 @@ def udp_server(bind: str, port: int, sink_port: int | None, workers: int = 0) ->
             data, _anc, _flags, peer = ready.recvmsg(65535)
             if ready is echo:
                 echo.sendto(data, peer)
+                if log:
+                    emit({"read": SEQ.unpack_from(data)[0], "pid": os.getpid()})
 
 
 def udp_client(dests: Sequence[str], port: int, count: int, rate: float, size: int, sleep_ms: float,
@@ -465,6 +468,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--sink-port", type=int, help="also bind this port and discard what arrives")
     p.add_argument("--workers", type=int, default=0, help="pre-fork this many children to serve")
+    p.add_argument("--log", action="store_true", help="print the process that read each datagram")
 
     p = sub.add_parser("udp-batch-client",
                        help="UDP requests sent in batches with sendmmsg, replies read with recvmsg(mmsg)")
@@ -529,7 +533,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     _stop_on_sigterm()
     try:
         if args.command == "udp-server":
-            udp_server(args.bind, args.port, args.sink_port, args.workers)
+            udp_server(args.bind, args.port, args.sink_port, args.workers, args.log)
         elif args.command == "udp-client":
             return udp_client(args.dest, args.port, args.count, args.rate, max(8, args.payload),
                               args.sleep_ms, args.seq_base, args.timeout, args.filler_count,

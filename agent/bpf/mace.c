@@ -39,6 +39,10 @@
 #define AF_INET_ 2
 #define AF_INET6_ 10
 #define MSG_PEEK_ 2
+enum { RECV_FROM, RECV_MSG, RECV_MMSG };  /* rx_batch.kind */
+#define MSGHDR_IOV 16       /* offsetof(struct user_msghdr, msg_iov) */
+#define MMSGHDR_SIZE 64     /* sizeof(struct mmsghdr) */
+#define UDP_SOCK_WORDS 1024 /* udp_sock_bits: 65,536 bits */
 #define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
 #define STASH_HITS 4
 #define CORR_WORDS (CORR_BYTES / 8)
@@ -65,14 +69,11 @@ struct rx_slot { u64 ts; u16 slot; u16 pad[3]; u8 info[INFO_BYTES]; };
 struct rx_batch {
     u32 active; u32 n;          /* in a hooked receive call; packets in slot[] */
     u64 sk;                     /* UDP: the socket being read */
-    u32 claimed;                /* UDP: bit g: claim[g] holds group g's id of the datagram returned next */
-    u32 multi;                  /* a recvmmsg call: it may return several datagrams */
-    u32 n_groups; u32 watching;           /* UDP: the call waits on its socket (udp_waiters) */
+    u64 ubuf; u64 ucap;         /* UDP: the call's buffer and size (recvfrom), msghdr or mmsghdr vector */
+    u32 kind; u32 index;        /* UDP: RECV_FROM, RECV_MSG or RECV_MMSG; datagrams returned so far */
     u32 counted; u32 pad;                 /* counted in call_gates[RX_GATE] (active or n) */
     s64 sock_fd; u64 sock;                /* the last fd a hooked call read, its struct sock */
     u32 sock_udp; u32 pad2;               /* and whether that is a UDP socket */
-    struct group groups[TARGET_GROUPS];   /* UDP: the target's ingress groups when the call began */
-    struct corr_key claim[TARGET_GROUPS];
     u32 resume[TARGET_GROUPS];  /* TCP, per group: sequence number of the next segment not yet taken */
     u32 resumable[TARGET_GROUPS];
     struct rx_slot slot[RX_SLOTS];
@@ -1098,25 +1099,47 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 }
 
 #if UDP_CLAIM
-/* UDP copies linear datagrams without that tracepoint (and frees them elsewhere), so the
- * datagram a receive call will return is noted from the socket's queues instead: its head
- * when the call starts, else the first datagram queued while the thread waits
- * (sk_data_ready); sock_recv_length confirms the call returned from that socket. A recvmmsg
- * call then notes the next datagram the same way for each further message it reads. */
+/* UDP copies linear datagrams without that tracepoint (and recent kernels free them on the CPU
+ * that allocated them), so no hook names the datagram a receive call returns. Instead, each
+ * socket a target reads keeps notes of the datagrams queued on it: their packet ids, their length
+ * and their first FP_BYTES payload bytes, noted when the socket wakes its readers (sk_data_ready,
+ * which recent kernels fire only for the first datagram of an empty queue), at the head of its
+ * queue when a target's call starts, and at the new head when one returns. When the socket layer
+ * returns a datagram to a target's call (sock_recv_length), the call's buffer holds its first bytes:
+ * the oldest note whose bytes and length agree is the datagram the thread got. So several threads
+ * may read one socket (pre-forked workers): each takes its own datagram, in whatever order they
+ * return. Datagrams with the same first bytes and length queued together may swap readers; one
+ * queued behind another and taken before any note saw it goes unmeasured. */
 
-/* The threads waiting on an empty UDP socket (several, for a pre-forking server's workers), their
- * ingress groups, and the datagram the next of them will get (claimed: bit g set when claim[g]
- * holds group g's id of it). */
-struct udp_waiter {
-    u32 waiters; u32 claimed; u32 n_groups; u32 pad;
-    struct group groups[TARGET_GROUPS];
-    struct corr_key claim[TARGET_GROUPS];
+#define UDP_NOTES 8   /* a power of two */
+#define FP_BYTES 16
+struct udp_note {
+    u64 skb;                /* the datagram (a note is matched by its bytes, not by this) */
+    u64 seq;                /* order of noting */
+    u32 len; u32 pad;       /* payload bytes */
+    u64 ids;                /* bit g: key[g] holds group g's id; 0 once a reader took the note */
+    u8 fp[FP_BYTES];        /* the first payload bytes, zero beyond len */
+    struct corr_key key[TARGET_GROUPS];
 };
-/* An entry outlives its waiters (the next wait on the socket finds it: no insert and delete per call);
- * the sockets no longer waited on age out of the LRU map. */
-BPF_TABLE("lru_hash", u64, struct udp_waiter, udp_waiters, THREAD_ENTRIES);
-BPF_ARRAY(udp_waited, s64, 1);  /* [0]: threads waiting: while 0, sk_data_ready looks nothing up */
-BPF_PERCPU_ARRAY(waiter_scratch, struct udp_waiter, 1);
+struct udp_notes {
+    u64 next; u32 n_groups; u32 pad;
+    struct group groups[TARGET_GROUPS];   /* the ingress groups of the target that reads the socket */
+    struct udp_note note[UDP_NOTES];
+};
+/* Sockets age out of the LRU map once no target reads them. */
+BPF_TABLE("lru_hash", u64, struct udp_notes, udp_notes, UDP_SOCKETS);
+BPF_PERCPU_ARRAY(notes_scratch, struct udp_notes, 1);
+/* A bit per hash of a socket's address, set when it gets notes: sk_data_ready looks up only the
+ * sockets whose bit is set (bits are cleared when no target is left). */
+BPF_ARRAY(udp_sock_bits, u64, UDP_SOCK_WORDS);
+
+static __always_inline u64 *sock_bit(u64 sk, u64 *bit)
+{
+    u32 h = (u32)((sk * TARGET_HASH) >> 40) % (UDP_SOCK_WORDS * 64);
+    *bit = 1ULL << (h & 63);
+    u32 word = h >> 6;
+    return udp_sock_bits.lookup(&word);
+}
 
 static __always_inline u64 read_ptr(u64 addr)
 {
@@ -1142,23 +1165,6 @@ static __always_inline u64 fd_to_sock(u64 fd)
     return socket ? read_ptr(socket + OFF_SOCKET_SK) : 0;
 }
 
-/* The ids of datagram skb for each group (bit g of the result: claim[g] holds group g's). */
-static __always_inline u32 udp_claim(const struct group *groups, u32 n, struct corr_key *claim, u64 skb,
-                                     u32 which)
-{
-    struct pkt *p = pkt_buffer(which);
-    if (!p || !skb || parse_skb((const u8 *)skb, p, AT_L2))
-        return 0;
-    u32 claimed = 0;
-    for (u32 g = 0; g < TARGET_GROUPS; g++) {
-        if (g >= n)
-            break;
-        if (key_for(p, groups[g].layout, groups[g].dev, &claim[g]))
-            claimed |= 1 << g;
-    }
-    return claimed;
-}
-
 static __always_inline u64 queue_head(u64 sk, u32 qlen_offset, u32 next_offset)
 {
     u32 qlen = 0;
@@ -1174,67 +1180,68 @@ static __always_inline u64 udp_head(u64 sk)
     return head ? head : queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
 }
 
-/* Note the datagram the call will return next from UDP socket sk. */
-static __always_inline void udp_expect(struct rx_batch *batch, u64 sk, u32 which)
+/* Note datagram skb in a socket's notes (once: a datagram noted and not yet taken is skipped). */
+static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which)
 {
-    u64 head = udp_head(sk);
-    if (head) {  /* a datagram is waiting: no need to watch the socket */
-        batch->claimed = udp_claim(batch->groups, batch->n_groups, batch->claim, head, which);
+    if (!skb)
         return;
-    }
-    /* Watch for the first datagram, then look again: one may have been queued in between. */
-    u32 zero = 0;
-    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-    if (!waiter) {
-        struct udp_waiter *fresh = waiter_scratch.lookup(&zero);
-        if (!fresh)
-            return;
-        __builtin_memset(fresh, 0, sizeof(*fresh));
-        udp_waiters.insert(&sk, fresh);
-        waiter = udp_waiters.lookup(&sk);
-        if (!waiter)
+    for (u32 i = 0; i < UDP_NOTES; i++) {
+        if (notes->note[i].skb == skb && notes->note[i].ids)
             return;
     }
-    if ((s32)waiter->waiters <= 0) {
-        /* The first waiter: the entry may be left from an earlier wait, or from a closed socket at
-         * this address (or re-made after an eviction, which a waiter leaving counts below zero).
-         * Two threads starting at once both land here and count one waiter: the second to leave
-         * then finds none counted, and a datagram queued during its wait goes unnoted. */
-        waiter->claimed = 0;
-        waiter->n_groups = batch->n_groups;
-        __builtin_memcpy(waiter->groups, batch->groups, sizeof(waiter->groups));
-        waiter->waiters = 1;
-    } else {
-        __sync_fetch_and_add(&waiter->waiters, 1);
+    struct pkt *p = pkt_buffer(which);
+    if (!p || parse_skb((const u8 *)skb, p, AT_L2) || p->proto != IPPROTO_UDP_ || !has_ports(p))
+        return;
+    u32 udp_len = be16_at_pkt(p, L2_BYTES + p->l4off + 4);
+    u64 seq = __sync_fetch_and_add(&notes->next, 1);
+    struct udp_note *note = &notes->note[seq & (UDP_NOTES - 1)];
+    note->ids = 0;
+    note->skb = skb;
+    note->seq = seq;
+    note->len = udp_len > 8 ? udp_len - 8 : 0;
+    __builtin_memset(note->fp, 0, FP_BYTES);
+    u32 n = note->len < FP_BYTES ? note->len : FP_BYTES;
+    if (n)
+        bpf_probe_read_kernel(note->fp, n & (FP_BYTES - 1 | FP_BYTES), p->l3 + p->l4off + 8);
+    u64 ids = 0;
+    for (u32 g = 0; g < TARGET_GROUPS; g++) {
+        if (g >= notes->n_groups)
+            break;
+        if (key_for(p, notes->groups[g].layout, notes->groups[g].dev, &note->key[g]))
+            ids |= 1 << g;
     }
-    s64 *waited = udp_waited.lookup(&zero);
-    if (waited)
-        __sync_fetch_and_add(waited, 1);
-    batch->watching = 1;
-    head = udp_head(sk);
-    if (head && !waiter->claimed)
-        waiter->claimed = udp_claim(waiter->groups, waiter->n_groups, waiter->claim, head, which);
+    asm volatile("" ::: "memory");
+    note->ids = ids;
 }
 
-/* This thread no longer waits on its socket (the entry stays for the next wait). */
-static __always_inline void udp_unwatch(struct rx_batch *batch)
+/* The notes of UDP socket sk, made for target t if it has none. */
+static __always_inline struct udp_notes *udp_notes_of(u64 sk, const struct target *t)
 {
-    if (!batch->watching)
-        return;
-    batch->watching = 0;
+    struct udp_notes *notes = udp_notes.lookup(&sk);
+    if (notes)
+        return notes;
     u32 zero = 0;
-    s64 *waited = udp_waited.lookup(&zero);
-    if (waited)
-        __sync_fetch_and_add(waited, -1);
-    u64 sk = batch->sk;
-    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-    if (waiter)
-        __sync_fetch_and_add(&waiter->waiters, -1);
+    struct udp_notes *fresh = notes_scratch.lookup(&zero);
+    if (!fresh)
+        return 0;
+    fresh->next = 0;
+    for (u32 i = 0; i < UDP_NOTES; i++) {  /* the scratch entry may hold another socket's notes */
+        fresh->note[i].ids = 0;
+        fresh->note[i].skb = 0;
+    }
+    fresh->n_groups = t->n_in;
+    __builtin_memcpy(fresh->groups, t->in_, sizeof(fresh->groups));
+    udp_notes.insert(&sk, fresh);
+    u64 bit;
+    u64 *word = sock_bit(sk, &bit);
+    if (word && !(*word & bit))
+        __sync_fetch_and_or(word, bit);
+    return udp_notes.lookup(&sk);
 }
 
 /* The struct sock of fd if it is a UDP socket (else 0): the thread's last answer when it reads the
  * same fd again (sock_recv_length forgets it when the call returns from another socket: the fd was
- * reused). */
+ * reused). A TCP or UDP socket's port is admitted on the way. */
 static __always_inline u64 call_udp_sock(struct rx_batch *batch, u64 fd)
 {
     if (batch->sock && batch->sock_fd == (s64)fd)
@@ -1251,72 +1258,111 @@ static __always_inline u64 call_udp_sock(struct rx_batch *batch, u64 fd)
     return batch->sock_udp ? sk : 0;
 }
 
-static __always_inline void udp_watch(struct rx_batch *batch, const struct target *t, u64 fd)
+/* A target's receive call starts on fd: note the datagram it would get now. */
+static __always_inline void udp_call_begins(struct rx_batch *batch, const struct target *t, u64 fd)
 {
     u64 sk = call_udp_sock(batch, fd);
     if (!sk)
         return;
+    struct udp_notes *notes = udp_notes_of(sk, t);
+    if (!notes)
+        return;
+    notes->n_groups = t->n_in;
+    __builtin_memcpy(notes->groups, t->in_, sizeof(notes->groups));
     batch->sk = sk;
-    batch->n_groups = t->n_in;
-    __builtin_memcpy(batch->groups, t->in_, sizeof(batch->groups));
-    udp_expect(batch, sk, AT_RECV_CALL);
+    udp_note(notes, udp_head(sk), AT_RECV_CALL);
 }
 
-/* Runs wherever the datagram is queued; the waiting thread picks the claim up itself. */
+/* Runs wherever a datagram is queued on a socket whose readers sleep or poll. */
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
-    u32 zero = 0;
-    s64 *waited = udp_waited.lookup(&zero);
-    if (!waited || *waited <= 0)
-        return 0;
     u64 sk = ctx->args[0];
-    struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-    if (!waiter || (s32)waiter->waiters <= 0 || waiter->claimed)
+    u64 bit;
+    u64 *word = sock_bit(sk, &bit);
+    if (!word || !(*word & bit))
         return 0;
-    waiter->claimed = udp_claim(waiter->groups, waiter->n_groups, waiter->claim,
-                                read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV), AT_DATA_READY);
+    struct udp_notes *notes = udp_notes.lookup(&sk);
+    if (notes)
+        udp_note(notes, read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV), AT_DATA_READY);
     return 0;
 }
 
+/* Up to FP_BYTES bytes a receive call got into its buffer (message index of a recvmmsg call):
+ * their count, the bytes in fp. */
+static __always_inline u32 call_bytes(const struct rx_batch *batch, u32 ret, u8 *fp)
+{
+    u64 base = batch->ubuf, cap = batch->ucap;
+    if (batch->kind != RECV_FROM) {  /* msghdr (of the index-th mmsghdr): its first iovec */
+        u64 msg = batch->ubuf + (batch->kind == RECV_MMSG ? (u64)batch->index * MMSGHDR_SIZE : 0);
+        u64 iov = 0, vec[2] = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (const void *)(msg + MSGHDR_IOV))
+            || bpf_probe_read_user(vec, sizeof(vec), (const void *)iov))
+            return 0;
+        base = vec[0];
+        cap = vec[1];
+    }
+    u32 n = ret < FP_BYTES ? ret : FP_BYTES;
+    if (cap < n)
+        n = cap;
+    if (!n || bpf_probe_read_user(fp, n & (FP_BYTES - 1 | FP_BYTES), (const void *)base))
+        return 0;
+    return n;
+}
+
+/* Whether the first n bytes (at most FP_BYTES) of two fingerprints agree. */
+static __always_inline int same_bytes(const u8 *a, const u8 *b, u32 n)
+{
+    u64 a0, a1, b0, b1;
+    __builtin_memcpy(&a0, a, 8);
+    __builtin_memcpy(&a1, a + 8, 8);
+    __builtin_memcpy(&b0, b, 8);
+    __builtin_memcpy(&b1, b + 8, 8);
+    u64 m0 = n >= 8 ? ~0ULL : (1ULL << (8 * n)) - 1;
+    u64 m1 = n >= 16 ? ~0ULL : n <= 8 ? 0 : (1ULL << (8 * (n - 8))) - 1;
+    return !((a0 ^ b0) & m0) && !((a1 ^ b1) & m1);
+}
+
 /* The socket layer returned from sk (ret bytes, or an error) to the thread's UDP receive call:
- * if that is the socket the call noted a datagram on, the datagram was handed over. A thread that
- * waited takes the socket's claim and notes, for the next waiter, the datagram queued next. */
+ * take the note of the datagram the call got, and note the one queued next. */
 static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret, int flags_, u64 now)
 {
-    int handed = ret >= 0 && !(flags_ & MSG_PEEK_);
-    if (!batch->claimed && batch->watching && batch->sk == sk && handed) {
-        struct udp_waiter *waiter = udp_waiters.lookup(&sk);
-        if (waiter && waiter->claimed) {
-            __builtin_memcpy(batch->claim, waiter->claim, sizeof(batch->claim));
-            batch->claimed = waiter->claimed;
-            u64 next = udp_head(sk);
-            waiter->claimed = next ? udp_claim(waiter->groups, waiter->n_groups, waiter->claim, next,
-                                               AT_RECV_RETURN) : 0;
-        }
-    }
-    udp_unwatch(batch);
-    if (batch->sk != sk) {
-        batch->claimed = 0;
+    if (batch->sk != sk || ret < 0 || (flags_ & MSG_PEEK_))
         return;
-    }
-    if (batch->claimed && handed) {
-        for (u32 g = 0; g < TARGET_GROUPS; g++) {
-            if (g >= batch->n_groups)
-                break;
-            if (batch->claimed & (1 << g))
-                rx_take(batch, &batch->claim[g], &batch->groups[g], now);
+    struct udp_notes *notes = udp_notes.lookup(&sk);
+    if (!notes)
+        return;
+    u8 fp[FP_BYTES] = {};
+    u32 n = call_bytes(batch, (u32)ret, fp);
+    batch->index++;
+    u32 best = UDP_NOTES;
+    u64 oldest = ~0ULL;
+    for (u32 i = 0; i < UDP_NOTES; i++) {
+        struct udp_note *note = &notes->note[i];
+        if (note->ids && note->seq < oldest && (note->len == (u32)ret || (n && note->len > (u32)ret))
+            && same_bytes(note->fp, fp, n)) {
+            oldest = note->seq;
+            best = i;
         }
     }
-    batch->claimed = 0;
-    if (batch->multi)  /* recvmmsg reads the socket again within the same call */
-        udp_expect(batch, batch->sk, AT_RECV_RETURN);
+    if (best < UDP_NOTES) {
+        struct udp_note *note = &notes->note[best & (UDP_NOTES - 1)];
+        u64 ids = __sync_lock_test_and_set(&note->ids, 0);
+        for (u32 g = 0; g < TARGET_GROUPS; g++) {
+            if (g >= notes->n_groups)
+                break;
+            if (ids & (1 << g))
+                rx_take(batch, &note->key[g], &notes->groups[g], now);
+        }
+    }
+    udp_note(notes, udp_head(sk), AT_RECV_RETURN);
 }
 #endif
 
 /* The receive system calls are hooked for UDP, and on kernels without sock_recv_length, where
  * packets are taken only inside these calls and reported at their exit. */
-/* The call starts (multi: a recvmmsg call); for UDP, note the datagram it will return. */
-static __always_inline int rx_call_begins(u64 fd, u32 multi)
+/* The call starts (kind: which call; buf and cap: recvfrom's buffer and size, recvmsg's msghdr, or
+ * recvmmsg's vector); for UDP, note the datagram it would get now. */
+static __always_inline int rx_call_begins(u64 fd, u32 kind, u64 buf, u64 cap)
 {
     struct target *t = current_target();
     if (!t || !t->n_in)
@@ -1325,19 +1371,19 @@ static __always_inline int rx_call_begins(u64 fd, u32 multi)
     if (!batch)
         return 0;
     batch->active = 1;
-    batch->claimed = 0;
-    batch->multi = multi;
     batch->sk = 0;
-    batch->watching = 0;
+    batch->kind = kind;
+    batch->ubuf = buf;
+    batch->ucap = cap;
+    batch->index = 0;
 #if UDP_CLAIM
-    udp_watch(batch, t, fd);
+    udp_call_begins(batch, t, fd);
 #endif
     rx_settle(batch);
     return 0;
 }
 
-/* The call ends: stop watching its socket (the waiter map stays bounded by live calls) and
- * report what was taken and not yet reported. */
+/* The call ends: report what was taken and not yet reported. */
 static __always_inline int rx_call_ends(void)
 {
     if (!gate_open(RX_GATE))
@@ -1346,18 +1392,21 @@ static __always_inline int rx_call_ends(void)
     if (!batch || !batch->active)
         return 0;
     batch->active = 0;
-#if UDP_CLAIM
-    udp_unwatch(batch);
-#endif
     if (batch->n)
         rx_flush(batch, bpf_ktime_get_ns());
     rx_settle(batch);
     return 0;
 }
 
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return rx_call_begins(args->fd, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom) { return rx_call_begins(args->fd, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return rx_call_begins(args->fd, 1); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
+{
+    return rx_call_begins(args->fd, RECV_FROM, (u64)args->ubuf, args->size);
+}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return rx_call_begins(args->fd, RECV_MSG, (u64)args->msg, 0); }
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
+{
+    return rx_call_begins(args->fd, RECV_MMSG, (u64)args->mmsg, args->vlen);
+}
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_call_ends(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_call_ends(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }

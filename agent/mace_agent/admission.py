@@ -101,9 +101,7 @@ class Admission:
 
     def clear_ports(self) -> None:
         """Clear every port bit (no target is left)."""
-        for word, value in self._ports.items():
-            if value.value:
-                self._ports[word] = ctypes.c_uint64(0)
+        clear_bits(self._ports)
 
     def refresh_addresses(self) -> None:
         """Write the namespace's current addresses (the most ``layout.NODE_ADDRESSES``)."""
@@ -113,6 +111,13 @@ class Admission:
         for family, addr in current - self._written:
             self._addresses[_key(family, addr)] = ctypes.c_uint8(1)
         self._written = current
+
+
+def clear_bits(table: Any) -> None:
+    """Zero every non-zero word of a bit array map (``rx_ports``, ``udp_sock_bits``)."""
+    for word, value in table.items():
+        if value.value:
+            table[word] = ctypes.c_uint64(0)
 
 
 def _key(family: int, addr: bytes) -> layout.NodeAddressC:

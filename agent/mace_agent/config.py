@@ -26,7 +26,8 @@ class EngineConfig:
         (0: no limit); packets beyond it are still in the histograms and counted as ``rate_limited``.
     stream: a probe's default: send per-packet events to user space; histograms are kept either way.
     ttl_s: a pending packet not matched within this many seconds is expired and counted.
-    thread_entries: capacity of the map of threads waiting on an empty UDP socket (other per-call
+    udp_sockets: UDP sockets the targets read at once, each with notes of the datagrams queued on it
+        (about 2 KiB each; the least recently read are forgotten first; other per-call
         state is task-local storage, one entry per thread of the process).
     ringbuf_pages: ring buffer size in pages (a power of two).
     exact_values: latencies per direction kept in user space for exact percentiles.
@@ -40,7 +41,7 @@ class EngineConfig:
     rate_limit: int = 10_000
     stream: bool = True
     ttl_s: float = 2.0
-    thread_entries: int = 1024
+    udp_sockets: int = 1024
     ringbuf_pages: int = 64
     exact_values: int = 100_000
     vxlan_ports: tuple[int, ...] = DEFAULT_VXLAN_PORTS
@@ -56,8 +57,8 @@ class EngineConfig:
             problems.append("rate limit must be 0 (none) or positive")
         if not self.ttl_s > 0:
             problems.append("ttl must be positive")
-        if not 1 <= self.thread_entries <= MAX_MAP_ENTRIES:
-            problems.append(f"thread entries must be between 1 and {MAX_MAP_ENTRIES}")
+        if not 1 <= self.udp_sockets <= MAX_MAP_ENTRIES:
+            problems.append(f"UDP sockets must be between 1 and {MAX_MAP_ENTRIES}")
         pages = self.ringbuf_pages
         if not (1 <= pages <= MAX_RINGBUF_PAGES and pages & (pages - 1) == 0):
             problems.append(f"ring buffer pages must be a power of two up to {MAX_RINGBUF_PAGES}")

@@ -49,7 +49,7 @@ def prelude(offsets: KernelOffsets, config: EngineConfig, hooks: KernelHooks) ->
         "GATE_SLOTS_LOG2": layout.GATE_SLOTS_LOG2, "GATE_HASH": f"{layout.GATE_HASH:#x}U",
         "PORT_WORDS": layout.PORT_WORDS, "NODE_ADDRESSES": layout.NODE_ADDRESSES,
         "RX_SLOTS": layout.RX_SLOTS, "TCP_CHAIN": layout.TCP_CHAIN, "PENDING_WAYS": layout.PENDING_WAYS,
-        "MAP_ENTRIES": config.map_entries, "THREAD_ENTRIES": config.thread_entries,
+        "MAP_ENTRIES": config.map_entries, "UDP_SOCKETS": config.udp_sockets,
         "RINGBUF_PAGES": config.ringbuf_pages, "WAKE_EVERY": wake_every(config),
         "TTL_NS": f"{round(config.ttl_s * 1e9)}ULL",
         "HIST_SUB_BITS": histogram.SUB_BITS, "HIST_SUB": histogram.SUB, "HIST_BUCKETS": histogram.BUCKETS,

@@ -11,12 +11,14 @@ from pathlib import Path
 
 import pytest
 
+from mace_lab.events import info_int, info_values
 from mace_lab.processes import AgentProcess, Child, TrafficProcess, filter_text
 from mace_lab.topology import Topology
 
 pytestmark = pytest.mark.ebpf
 
 COUNT = 24
+CLIENTS = 3
 PORT, OTHER_PORT = 7101, 7102
 SEQ_BASE = 0x4D41_4345_5000_0001
 
@@ -28,18 +30,21 @@ def join(cgroup: Path, child: Child) -> None:
 @pytest.mark.parametrize("protocol", ["udp", "tcp"])
 def test_prefork_server_children_are_measured_and_another_cgroup_never(
         topology: Topology, make_cgroup: Callable[[str], Path], protocol: str) -> None:
+    """Clients run at once, so the workers read the shared socket concurrently (UDP), and each event
+    names the worker that read its datagram (the server logs who read what)."""
     t = topology
     pod_cgroup, other_cgroup = make_cgroup("pod"), make_cgroup("other")
+    log = ("--log",) if protocol == "udp" else ()
     server = TrafficProcess(t, t.pod.ns, f"{protocol}-server", "--bind", "::", "--port", str(PORT),
-                            "--workers", "3", gated=True)
+                            "--workers", "3", *log, gated=True)
     other = TrafficProcess(t, t.pod.ns, f"{protocol}-server", "--bind", "::", "--port", str(OTHER_PORT),
                            gated=True)
     join(pod_cgroup, server)
     join(other_cgroup, other)
     corr = ["udp_payload"] if protocol == "udp" else ["tcp_seq"]
-    info = ["udp_dst_port"] if protocol == "udp" else ["tcp_src_port"]
-    text = filter_text(t.uplink_ifindex, server.pid, corr, info,
-                       in_info=["udp_dst_port"] if protocol == "udp" else ["tcp_dst_port"])
+    info = ["udp_payload"] if protocol == "udp" else ["tcp_src_port"]
+    in_info = ["udp_payload", "udp_dst_port"] if protocol == "udp" else ["tcp_dst_port"]
+    text = filter_text(t.uplink_ifindex, server.pid, corr, info, in_info=in_info)
     agent = AgentProcess(t, t.node, text, extra_args=("--scope", "cgroup"))
     agent.wait_attached()
     server.release()
@@ -47,20 +52,17 @@ def test_prefork_server_children_are_measured_and_another_cgroup_never(
     workers = set(server.wait_ready()["workers"])
     other.wait_ready()
     clients = []
-    for port, seq_base in ((PORT, SEQ_BASE), (OTHER_PORT, SEQ_BASE + (1 << 20))):  # ids of their own
+    targets = [(PORT, SEQ_BASE + (i << 16)) for i in range(CLIENTS)] + [(OTHER_PORT, SEQ_BASE + (1 << 20))]
+    for port, seq_base in targets:  # all at once; packet ids of their own
         clients.append(TrafficProcess(t, t.remote.ns, f"{protocol}-client", "--dest", t.pod.ipv4, "--port",
                                       str(port), "--count", str(COUNT), "--rate", "100",
                                       "--seq-base", str(seq_base)))
     for client in clients:
         _records, done = client.wait_done()
         assert done == {"sent": COUNT, "received": COUNT}
-    # Every reply is measured. A UDP socket read by several threads at once gives each returning thread
-    # the datagram the socket's watch noted last, which another thread may have taken first: some of
-    # those requests go unmeasured (counted as unmatched, never misattributed). TCP hands each
-    # connection to one worker: all of them are measured.
-    least = COUNT // 2 if protocol == "udp" else COUNT
-    agent.wait_events(lambda e: e["direction"] == "out", COUNT)
-    agent.wait_events(lambda e: e["direction"] == "in", least)
+    total = CLIENTS * COUNT
+    agent.wait_events(lambda e: e["direction"] == "out", total)
+    agent.wait_events(lambda e: e["direction"] == "in", total)
     summary = agent.stop()
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
@@ -69,11 +71,17 @@ def test_prefork_server_children_are_measured_and_another_cgroup_never(
     pids = {e["proc_id"] for e in agent.events}
     assert pids <= workers, f"events from {pids - workers}, not the pod's workers {workers}"
     assert other.pid not in pids
+    assert summary["out"]["count"] == summary["in"]["count"] == total
     measured = {d: [e for e in agent.events if e["direction"] == d] for d in ("in", "out")}
-    ports = "udp_dst_port" if protocol == "udp" else "tcp_dst_port"
-    assert {e["info"][ports] for e in measured["in"]} == {PORT}
-    assert summary["out"]["count"] == COUNT
-    assert least <= summary["in"]["count"] <= COUNT
+    if protocol == "udp":
+        assert {info_int(e, "udp_dst_port") for e in measured["in"]} == {PORT}
+        read_by = {r["read"]: r["pid"] for r in server.records("read")}
+        assert len(read_by) == total
+        wrong = [(seq, e["proc_id"], read_by[seq]) for e in measured["in"]
+                 for seq in info_values([e], "udp_payload") if e["proc_id"] != read_by[seq]]
+        assert wrong == [], "datagrams measured for a worker that did not read them"
+    else:
+        assert {info_int(e, "tcp_dst_port") for e in measured["in"]} == {PORT}
 
 
 def test_a_shells_ping_child_is_measured_with_cgroup_scope(topology: Topology,
