@@ -99,6 +99,7 @@ BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send cal
  * UDP port (layout.port_bit), and the addresses of the agent's network namespace. */
 BPF_ARRAY(rx_ports, u64, PORT_WORDS);
 BPF_HASH(node_addresses, struct node_address, u8, NODE_ADDRESSES);
+BPF_ARRAY(node_address_bits, u64, (1 << TARGET_BITS_LOG2) / 64);  /* layout.node_address_bit of each */
 /* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE), counted
  * in all and per slot of their thread ids (layout.CallGateC). The hooks after a call's start (its
  * exit, net_dev_queue, sock_send_length, sock_recv_length) look up a thread's call state only if
@@ -377,23 +378,26 @@ static __always_inline int maybe_target(const struct target_filter *filter, u64 
     return (filter->bits[(bit >> 6) & ((1 << (TARGET_BITS_LOG2 - 6)) - 1)] >> (bit & 63)) & 1;
 }
 
-/* The target the current task belongs to: its cgroup, else (when some targets are processes)
- * its process. 0 for everybody else, nearly always without a hash lookup (the filter's bits). */
+/* The target the current task belongs to: its cgroup (when some targets are cgroups), else (when
+ * some are processes) its process. 0 for everybody else, nearly always without a hash lookup (the
+ * filter's bits). */
 static __always_inline struct target *current_target(void)
 {
     u32 zero = 0;
     const struct target_filter *filter = target_filter.lookup(&zero);
     if (!filter)
         return 0;
-    u64 key = bpf_get_current_cgroup_id();
-    if (maybe_target(filter, key)) {
-        struct target *t = targets.lookup(&key);
-        if (t)
-            return t;
+    if (filter->cgroups) {
+        u64 key = bpf_get_current_cgroup_id();
+        if (maybe_target(filter, key)) {
+            struct target *t = targets.lookup(&key);
+            if (t)
+                return t;
+        }
     }
     if (!filter->processes)
         return 0;
-    key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
+    u64 key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
     return maybe_target(filter, key) ? targets.lookup(&key) : 0;
 }
 
@@ -648,6 +652,14 @@ static __always_inline int to_node(const struct pkt *p)
             return 1;
         __builtin_memcpy(key.addr, ip + 24, 16);
     }
+    u64 lo, hi;
+    __builtin_memcpy(&lo, key.addr, 8);
+    __builtin_memcpy(&hi, key.addr + 8, 8);
+    u32 bit = ((key.family ^ lo ^ hi) * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+    u32 index = bit >> 6;
+    u64 *word = node_address_bits.lookup(&index);
+    if (!word || !((*word >> (bit & 63)) & 1))  /* not one of the node's: mostly ends here */
+        return 0;
     return node_addresses.lookup(&key) != 0;
 }
 

@@ -84,6 +84,7 @@ class Admission:
     def __init__(self, bpf: Any) -> None:
         self._ports = bpf[b"rx_ports"]
         self._addresses = bpf[b"node_addresses"]
+        self._address_bits = bpf[b"node_address_bits"]
         self._written: set[tuple[int, bytes]] = set()
 
     def admit(self, ports: Iterable[tuple[int, int]]) -> None:
@@ -106,11 +107,31 @@ class Admission:
     def refresh_addresses(self) -> None:
         """Write the namespace's current addresses (the most ``layout.NODE_ADDRESSES``)."""
         current = set(sorted(namespace_addresses())[:layout.NODE_ADDRESSES])
-        for family, addr in self._written - current:
-            self._addresses.pop(_key(family, addr), None)
+        if current == self._written:
+            return
         for family, addr in current - self._written:
             self._addresses[_key(family, addr)] = ctypes.c_uint8(1)
+        self._write_bits(_bit_words(current | self._written))  # a bit before its address is gone
+        for family, addr in self._written - current:
+            self._addresses.pop(_key(family, addr), None)
+        self._write_bits(_bit_words(current))
         self._written = current
+
+    def _write_bits(self, words: dict[int, int]) -> None:
+        """Make ``node_address_bits`` hold exactly these words (the others zero)."""
+        for index, value in self._address_bits.items():
+            wanted = words.get(index.value, 0)
+            if value.value != wanted:
+                self._address_bits[index] = ctypes.c_uint64(wanted)
+
+
+def _bit_words(addresses: set[tuple[int, bytes]]) -> dict[int, int]:
+    """The words of ``node_address_bits`` with the bits of these addresses set."""
+    words: dict[int, int] = {}
+    for family, addr in addresses:
+        bit = layout.node_address_bit(family, addr)
+        words[bit >> 6] = words.get(bit >> 6, 0) | 1 << (bit & 63)
+    return words
 
 
 def clear_bits(table: Any) -> None:

@@ -528,7 +528,8 @@ class NodeEngine(_Attached):
         """Rewrite the target filter from every target key (after ``targets`` got its entries; a bit
         that stays set never reads as clear while the filter is rewritten)."""
         keys = {k for m in self._measurements.values() for k in m.target_keys}
-        value = layout.TargetFilterC(processes=int(any(k & layout.TGID_KEY for k in keys)))
+        value = layout.TargetFilterC(processes=int(any(k & layout.TGID_KEY for k in keys)),
+                                     cgroups=int(any(not k & layout.TGID_KEY for k in keys)))
         for key in keys:
             bit = layout.target_bit(key)
             value.bits[bit >> 6] |= 1 << (bit & 63)

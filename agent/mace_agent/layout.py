@@ -152,7 +152,8 @@ class TargetFilterC(Struct):
     for a few others). A task whose keys' bits are clear leaves a hook without any hash lookup."""
 
     _c_name_ = "target_filter"
-    _fields_ = [("processes", u64),  # some targets are processes (TGID_KEY keys)
+    _fields_ = [("processes", u32),  # some targets are processes (TGID_KEY keys)
+                ("cgroups", u32),  # some targets are cgroups
                 ("bits", u64 * ((1 << TARGET_BITS_LOG2) // 64))]
 
 
@@ -173,6 +174,13 @@ class CallGateC(Struct):
 def port_bit(proto: int, port: int) -> tuple[int, int]:
     """(word, bit mask) of a TCP (6) or UDP (17) port in ``rx_ports`` (mace.c's ``port_word``)."""
     return (PORT_WORDS // 2 if proto == 17 else 0) + (port >> 6), 1 << (port & 63)
+
+
+def node_address_bit(family: int, addr: bytes) -> int:
+    """The bit of an address in ``node_address_bits`` (mace.c's ``to_node`` tests it before the hash)."""
+    raw = addr.ljust(16, b"\0")
+    key = family ^ int.from_bytes(raw[:8], "little") ^ int.from_bytes(raw[8:], "little")
+    return target_bit(key)
 
 
 class NodeAddressC(Struct):
