@@ -1125,18 +1125,16 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 
 #define UDP_NOTES 8   /* a power of two */
 #define FP_BYTES 16
-struct udp_note {
-    u64 skb;                /* the datagram (a note is matched by its bytes, not by this) */
-    u64 seq;                /* order of noting */
-    u32 len; u32 pad;       /* payload bytes */
-    u64 ids;                /* bit g: key[g] holds group g's id; 0 once a reader took the note */
-    u8 fp[FP_BYTES];        /* the first payload bytes, zero beyond len */
-    struct corr_key key[TARGET_GROUPS];
-};
+/* A socket's notes, column by column: a lookup that matches bytes reads the short columns alone. */
 struct udp_notes {
     u64 next; u32 n_groups; u32 pad;
     struct group groups[TARGET_GROUPS];   /* the ingress groups of the target that reads the socket */
-    struct udp_note note[UDP_NOTES];
+    u64 ids[UDP_NOTES];     /* bit g: key[i][g] holds group g's id; 0 once a reader took the note */
+    u64 skb[UDP_NOTES];     /* the datagram (a note is matched by its bytes, not by this) */
+    u64 seq[UDP_NOTES];     /* order of noting */
+    u32 len[UDP_NOTES];     /* payload bytes */
+    u8 fp[UDP_NOTES][FP_BYTES];           /* the first payload bytes, zero beyond len */
+    struct corr_key key[UDP_NOTES][TARGET_GROUPS];
 };
 /* Sockets age out of the LRU map once no target reads them. */
 BPF_TABLE("lru_hash", u64, struct udp_notes, udp_notes, UDP_SOCKETS);
@@ -1198,7 +1196,7 @@ static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which
     if (!skb)
         return;
     for (u32 i = 0; i < UDP_NOTES; i++) {
-        if (notes->note[i].skb == skb && notes->note[i].ids)
+        if (notes->skb[i] == skb && notes->ids[i])
             return;
     }
     struct pkt *p = pkt_buffer(which);
@@ -1206,24 +1204,25 @@ static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which
         return;
     u32 udp_len = be16_at_pkt(p, L2_BYTES + p->l4off + 4);
     u64 seq = __sync_fetch_and_add(&notes->next, 1);
-    struct udp_note *note = &notes->note[seq & (UDP_NOTES - 1)];
-    note->ids = 0;
-    note->skb = skb;
-    note->seq = seq;
-    note->len = udp_len > 8 ? udp_len - 8 : 0;
-    __builtin_memset(note->fp, 0, FP_BYTES);
-    u32 n = note->len < FP_BYTES ? note->len : FP_BYTES;
-    if (n)
-        bpf_probe_read_kernel(note->fp, n & (FP_BYTES - 1 | FP_BYTES), p->l3 + p->l4off + 8);
+    u32 i = seq & (UDP_NOTES - 1);
+    notes->ids[i] = 0;
+    notes->skb[i] = skb;
+    notes->seq[i] = seq;
+    u32 len = udp_len > 8 ? udp_len - 8 : 0;
+    notes->len[i] = len;
+    __builtin_memset(notes->fp[i], 0, FP_BYTES);
+    u32 n = len < FP_BYTES ? len : FP_BYTES;
+    if (n)  /* (the mask keeps the size within the buffer for the verifier) */
+        bpf_probe_read_kernel(notes->fp[i], n & (FP_BYTES - 1 | FP_BYTES), p->l3 + p->l4off + 8);
     u64 ids = 0;
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         if (g >= notes->n_groups)
             break;
-        if (key_for(p, notes->groups[g].layout, notes->groups[g].dev, &note->key[g]))
+        if (key_for(p, notes->groups[g].layout, notes->groups[g].dev, &notes->key[i][g]))
             ids |= 1 << g;
     }
     asm volatile("" ::: "memory");
-    note->ids = ids;
+    notes->ids[i] = ids;
 }
 
 /* The notes of UDP socket sk, made for target t if it has none. */
@@ -1238,8 +1237,8 @@ static __always_inline struct udp_notes *udp_notes_of(u64 sk, const struct targe
         return 0;
     fresh->next = 0;
     for (u32 i = 0; i < UDP_NOTES; i++) {  /* the scratch entry may hold another socket's notes */
-        fresh->note[i].ids = 0;
-        fresh->note[i].skb = 0;
+        fresh->ids[i] = 0;
+        fresh->skb[i] = 0;
     }
     fresh->n_groups = t->n_in;
     __builtin_memcpy(fresh->groups, t->in_, sizeof(fresh->groups));
@@ -1349,21 +1348,21 @@ static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret
     u32 best = UDP_NOTES;
     u64 oldest = ~0ULL;
     for (u32 i = 0; i < UDP_NOTES; i++) {
-        struct udp_note *note = &notes->note[i];
-        if (note->ids && note->seq < oldest && (note->len == (u32)ret || (n && note->len > (u32)ret))
-            && same_bytes(note->fp, fp, n)) {
-            oldest = note->seq;
+        u32 len = notes->len[i];
+        if (notes->ids[i] && notes->seq[i] < oldest && (len == (u32)ret || (n && len > (u32)ret))
+            && same_bytes(notes->fp[i], fp, n)) {
+            oldest = notes->seq[i];
             best = i;
         }
     }
     if (best < UDP_NOTES) {
-        struct udp_note *note = &notes->note[best & (UDP_NOTES - 1)];
-        u64 ids = __sync_lock_test_and_set(&note->ids, 0);
+        best &= UDP_NOTES - 1;
+        u64 ids = __sync_lock_test_and_set(&notes->ids[best], 0);
         for (u32 g = 0; g < TARGET_GROUPS; g++) {
             if (g >= notes->n_groups)
                 break;
             if (ids & (1 << g))
-                rx_take(batch, &note->key[g], &notes->groups[g], now);
+                rx_take(batch, &notes->key[best][g], &notes->groups[g], now);
         }
     }
     udp_note(notes, udp_head(sk), AT_RECV_RETURN);

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+import struct
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from mace_agent import layout
 from mace_agent.cgroups import PROC, CgroupError, cgroup_dir
 
 _SOCKET_TABLES = (("tcp", 6), ("tcp6", 6), ("udp", 17), ("udp6", 17))
-_FAMILIES = {socket.AF_INET: 4, socket.AF_INET6: 6}
+_FAMILIES: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 6}
 
 
 def _socket_inodes(pid: int) -> set[int]:
@@ -69,13 +70,42 @@ def cgroup_pids(pid: int) -> set[int]:
     return {int(p) for p in text.split()} | {pid}
 
 
-def namespace_addresses() -> set[tuple[int, bytes]]:
-    """(family 4 or 6, address) of every address of this process's network namespace."""
-    from pyroute2 import IPRoute  # imported late: only the engine needs it
+_RTM_GETADDR, _NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_DONE, _NLMSG_ERROR = 22, 1, 0x300, 3, 2
+_IFA_ADDRESS, _IFA_LOCAL = 1, 2
+_NLMSG = struct.Struct("=IHHII")
+_IFADDRMSG = struct.Struct("=BBBBI")
+_RTATTR = struct.Struct("=HH")
 
-    with IPRoute() as ipr:
-        return {(_FAMILIES[m["family"]], socket.inet_pton(m["family"], m.get_attr("IFA_ADDRESS")))
-                for m in ipr.get_addr() if m["family"] in _FAMILIES and m.get_attr("IFA_ADDRESS")}
+
+def namespace_addresses() -> set[tuple[int, bytes]]:
+    """(family 4 or 6, address) of every address of this process's network namespace (an rtnetlink
+    dump: a netlink library would add megabytes to the agent for one request)."""
+    found: set[tuple[int, bytes]] = set()
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE) as nl:
+        request = _NLMSG.pack(_NLMSG.size + _IFADDRMSG.size, _RTM_GETADDR, _NLM_F_REQUEST | _NLM_F_DUMP, 1, 0)
+        nl.send(request + _IFADDRMSG.pack(socket.AF_UNSPEC, 0, 0, 0, 0))
+        while True:
+            data = nl.recv(65536)
+            at = 0
+            while at + _NLMSG.size <= len(data):
+                length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(data, at)
+                if kind == _NLMSG_DONE:
+                    return found
+                if kind == _NLMSG_ERROR:
+                    raise OSError("rtnetlink refused the address dump")
+                family = data[at + _NLMSG.size]
+                attrs: dict[int, bytes] = {}
+                pos = at + _NLMSG.size + _IFADDRMSG.size
+                while pos + _RTATTR.size <= at + length:
+                    size, kind = _RTATTR.unpack_from(data, pos)
+                    attrs[kind] = data[pos + _RTATTR.size:pos + size]
+                    pos += (size + 3) & ~3
+                address = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
+                if family in _FAMILIES and address:
+                    found.add((_FAMILIES[family], address))
+                at += (length + 3) & ~3
+            if not data:
+                return found
 
 
 class Admission:
