@@ -109,7 +109,7 @@ def namespace_addresses() -> set[tuple[int, bytes]]:
 
 
 class Admission:
-    """The program's admission maps (``rx_ports``, ``node_addresses``)."""
+    """The program's admission maps (``rx_ports``, ``node_addresses`` and ``node_address_bits``)."""
 
     def __init__(self, bpf: Any) -> None:
         self._ports = bpf[b"rx_ports"]
@@ -135,8 +135,12 @@ class Admission:
         clear_bits(self._ports)
 
     def refresh_addresses(self) -> None:
-        """Write the namespace's current addresses (the most ``layout.NODE_ADDRESSES``)."""
-        current = set(sorted(namespace_addresses())[:layout.NODE_ADDRESSES])
+        """Write the namespace's current addresses (the most ``layout.NODE_ADDRESSES``; the last ones
+        written stay if the kernel does not answer)."""
+        try:
+            current = set(sorted(namespace_addresses())[:layout.NODE_ADDRESSES])
+        except OSError:
+            return
         if current == self._written:
             return
         for family, addr in current - self._written:
