@@ -42,7 +42,7 @@
 enum { RECV_FROM, RECV_MSG, RECV_MMSG };  /* rx_batch.kind */
 #define MSGHDR_IOV 16       /* offsetof(struct user_msghdr, msg_iov) */
 #define MMSGHDR_SIZE 64     /* sizeof(struct mmsghdr) */
-#define UDP_SOCK_WORDS 1024 /* udp_sock_bits: 65,536 bits */
+#define BIT_WORDS ((1 << TARGET_BITS_LOG2) / 64)  /* words of a bit array indexed by hash_bit */
 #define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
 #define STASH_HITS 4
 #define CORR_WORDS (CORR_BYTES / 8)
@@ -99,7 +99,7 @@ BPF_ARRAY(last_send, u64, 1);           /* when a target last entered a send cal
  * UDP port (layout.port_bit), and the addresses of the agent's network namespace. */
 BPF_ARRAY(rx_ports, u64, PORT_WORDS);
 BPF_HASH(node_addresses, struct node_address, u8, NODE_ADDRESSES);
-BPF_ARRAY(node_address_bits, u64, (1 << TARGET_BITS_LOG2) / 64);  /* layout.node_address_bit of each */
+BPF_ARRAY(node_address_bits, u64, BIT_WORDS);  /* layout.node_address_bit of each */
 /* Target threads inside a send call (TX_GATE), and with receive state to report (RX_GATE), counted
  * in all and per slot of their thread ids (layout.CallGateC). The hooks after a call's start (its
  * exit, net_dev_queue, sock_send_length, sock_recv_length) look up a thread's call state only if
@@ -371,10 +371,24 @@ static __always_inline void record(u32 probe, u32 dir, u64 ts, u64 now, u32 pid,
 
 /* ---- targets and devices ---- */
 
-/* Whether key may be a target (target_filter's bit for it is set; layout.target_bit). */
+/* The bit of key in an array of BIT_WORDS words (layout.target_bit): the target filter, the node's
+ * addresses, the UDP sockets with notes. */
+static __always_inline u32 hash_bit(u64 key)
+{
+    return (key * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+}
+
+/* Set bit in *word unless it is set (atomically: programs on other CPUs may set others). */
+static __always_inline void mark_bit(u64 *word, u64 bit)
+{
+    if (word && !(*word & bit))
+        __sync_fetch_and_or(word, bit);
+}
+
+/* Whether key may be a target (target_filter's bit for it is set). */
 static __always_inline int maybe_target(const struct target_filter *filter, u64 key)
 {
-    u32 bit = (key * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+    u32 bit = hash_bit(key);
     return (filter->bits[(bit >> 6) & ((1 << (TARGET_BITS_LOG2 - 6)) - 1)] >> (bit & 63)) & 1;
 }
 
@@ -621,13 +635,14 @@ static __always_inline void admit_port(u8 proto, u16 port)
         return;
     u64 bit;
     u64 *word = port_word(proto, port, &bit);
-    if (word && !(*word & bit))
-        __sync_fetch_and_or(word, bit);
+    mark_bit(word, bit);
 }
 
-/* The big-endian 16-bit number at p->b[pos]. */
-static __always_inline u16 be16_at_pkt(const struct pkt *p, u32 pos)
+/* The big-endian 16-bit field at byte at of the parsed packet's transport header (TCP and UDP: the
+ * source port at 0, the destination port at 2; UDP: the length at 4). */
+static __always_inline u16 l4_u16(const struct pkt *p, u32 at)
 {
+    u32 pos = L2_BYTES + p->l4off + at;
     return ((u16)p->b[pos & (PKT_BYTES - 1)] << 8) | p->b[(pos + 1) & (PKT_BYTES - 1)];
 }
 
@@ -655,7 +670,7 @@ static __always_inline int to_node(const struct pkt *p)
     u64 lo, hi;
     __builtin_memcpy(&lo, key.addr, 8);
     __builtin_memcpy(&hi, key.addr + 8, 8);
-    u32 bit = ((key.family ^ lo ^ hi) * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+    u32 bit = hash_bit(key.family ^ lo ^ hi);
     u32 index = bit >> 6;
     u64 *word = node_address_bits.lookup(&index);
     if (!word || !((*word >> (bit & 63)) & 1))  /* not one of the node's: mostly ends here */
@@ -669,7 +684,7 @@ static __always_inline int rx_admitted(const struct pkt *p)
     if (!has_ports(p))
         return 1;
     u64 bit;
-    u64 *word = port_word(p->proto, be16_at_pkt(p, L2_BYTES + p->l4off + 2), &bit);
+    u64 *word = port_word(p->proto, l4_u16(p, 2), &bit);
     return !word || (*word & bit) || to_node(p);
 }
 
@@ -853,7 +868,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_OUT)))
         return 0;
     if (has_ports(p))  /* the sending socket's port: replies to it are admitted */
-        admit_port(p->proto, be16_at_pkt(p, L2_BYTES + p->l4off));
+        admit_port(p->proto, l4_u16(p, 0));
     u64 id = bpf_get_current_pid_tgid();
     struct tx_val value = {.pid = id >> 32, .tid = (u32)id};
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
@@ -1090,7 +1105,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
     if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_IN)))
         return 0;
     if (has_ports(p))
-        admit_port(p->proto, be16_at_pkt(p, L2_BYTES + p->l4off + 2));
+        admit_port(p->proto, l4_u16(p, 2));
     u64 now = bpf_ktime_get_ns();
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         if (g >= t->n_in)
@@ -1141,11 +1156,11 @@ BPF_TABLE("lru_hash", u64, struct udp_notes, udp_notes, UDP_SOCKETS);
 BPF_PERCPU_ARRAY(notes_scratch, struct udp_notes, 1);
 /* A bit per hash of a socket's address, set when it gets notes: sk_data_ready looks up only the
  * sockets whose bit is set (bits are cleared when no target is left). */
-BPF_ARRAY(udp_sock_bits, u64, UDP_SOCK_WORDS);
+BPF_ARRAY(udp_sock_bits, u64, BIT_WORDS);
 
 static __always_inline u64 *sock_bit(u64 sk, u64 *bit)
 {
-    u32 h = (u32)((sk * TARGET_HASH) >> 40) % (UDP_SOCK_WORDS * 64);
+    u32 h = hash_bit(sk);
     *bit = 1ULL << (h & 63);
     u32 word = h >> 6;
     return udp_sock_bits.lookup(&word);
@@ -1202,7 +1217,7 @@ static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which
     struct pkt *p = pkt_buffer(which);
     if (!p || parse_skb((const u8 *)skb, p, AT_L2) || p->proto != IPPROTO_UDP_ || !has_ports(p))
         return;
-    u32 udp_len = be16_at_pkt(p, L2_BYTES + p->l4off + 4);
+    u32 udp_len = l4_u16(p, 4);
     u64 seq = __sync_fetch_and_add(&notes->next, 1);
     u32 i = seq & (UDP_NOTES - 1);
     notes->ids[i] = 0;
@@ -1225,8 +1240,8 @@ static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which
     notes->ids[i] = ids;
 }
 
-/* The notes of UDP socket sk, made for target t if it has none. */
-static __always_inline struct udp_notes *udp_notes_of(u64 sk, const struct target *t)
+/* The notes of UDP socket sk, made if it has none (without groups: the caller gives them). */
+static __always_inline struct udp_notes *udp_notes_of(u64 sk)
 {
     struct udp_notes *notes = udp_notes.lookup(&sk);
     if (notes)
@@ -1240,14 +1255,29 @@ static __always_inline struct udp_notes *udp_notes_of(u64 sk, const struct targe
         fresh->ids[i] = 0;
         fresh->skb[i] = 0;
     }
-    fresh->n_groups = t->n_in;
-    __builtin_memcpy(fresh->groups, t->in_, sizeof(fresh->groups));
+    fresh->n_groups = 0;
     udp_notes.insert(&sk, fresh);
     u64 bit;
     u64 *word = sock_bit(sk, &bit);
-    if (word && !(*word & bit))
-        __sync_fetch_and_or(word, bit);
+    mark_bit(word, bit);
     return udp_notes.lookup(&sk);
+}
+
+/* Give a socket's notes the ingress groups of the target reading it, writing only when they change
+ * (the workers reading one socket share its line). */
+static __always_inline void udp_groups(struct udp_notes *notes, const struct target *t)
+{
+    u64 diff = notes->n_groups ^ t->n_in;
+    for (u32 g = 0; g < TARGET_GROUPS; g++) {
+        u64 a, b;
+        __builtin_memcpy(&a, &notes->groups[g], sizeof(a));
+        __builtin_memcpy(&b, &t->in_[g], sizeof(b));
+        diff |= a ^ b;
+    }
+    if (!diff)
+        return;
+    notes->n_groups = t->n_in;
+    __builtin_memcpy(notes->groups, t->in_, sizeof(notes->groups));
 }
 
 /* The struct sock of fd if it is a UDP socket (else 0): the thread's last answer when it reads the
@@ -1275,11 +1305,10 @@ static __always_inline void udp_call_begins(struct rx_batch *batch, const struct
     u64 sk = call_udp_sock(batch, fd);
     if (!sk)
         return;
-    struct udp_notes *notes = udp_notes_of(sk, t);
+    struct udp_notes *notes = udp_notes_of(sk);
     if (!notes)
         return;
-    notes->n_groups = t->n_in;
-    __builtin_memcpy(notes->groups, t->in_, sizeof(notes->groups));
+    udp_groups(notes, t);
     batch->sk = sk;
     udp_note(notes, udp_head(sk), AT_RECV_CALL);
 }

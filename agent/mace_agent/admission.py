@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mace_agent import layout
-from mace_agent.cgroups import PROC, CgroupError, cgroup_dir
+from mace_agent.cgroups import PROC
 
 _SOCKET_TABLES = (("tcp", 6), ("tcp6", 6), ("udp", 17), ("udp6", 17))
 _FAMILIES: dict[int, int] = {socket.AF_INET: 4, socket.AF_INET6: 6}
@@ -59,15 +59,6 @@ def socket_ports(pids: Iterable[int]) -> set[tuple[int, int]]:
                 if len(fields) > 9 and int(fields[9]) in inodes:
                     ports.add((proto, int(fields[1].rsplit(":", 1)[1], 16)))
     return ports
-
-
-def cgroup_pids(pid: int) -> set[int]:
-    """The processes of pid's cgroup v2 (just pid where it has none)."""
-    try:
-        text = Path(cgroup_dir(pid), "cgroup.procs").read_text()
-    except (CgroupError, OSError):
-        return {pid}
-    return {int(p) for p in text.split()} | {pid}
 
 
 _RTM_GETADDR, _NLM_F_REQUEST, _NLM_F_DUMP, _NLMSG_DONE, _NLMSG_ERROR = 22, 1, 0x300, 3, 2
@@ -132,7 +123,7 @@ class Admission:
 
     def clear_ports(self) -> None:
         """Clear every port bit (no target is left)."""
-        clear_bits(self._ports)
+        write_words(self._ports, {})
 
     def refresh_addresses(self) -> None:
         """Write the namespace's current addresses (the most ``layout.NODE_ADDRESSES``; the last ones
@@ -145,18 +136,11 @@ class Admission:
             return
         for family, addr in current - self._written:
             self._addresses[_key(family, addr)] = ctypes.c_uint8(1)
-        self._write_bits(_bit_words(current | self._written))  # a bit before its address is gone
+        write_words(self._address_bits, _bit_words(current | self._written))  # bits outlive addresses
         for family, addr in self._written - current:
             self._addresses.pop(_key(family, addr), None)
-        self._write_bits(_bit_words(current))
+        write_words(self._address_bits, _bit_words(current))
         self._written = current
-
-    def _write_bits(self, words: dict[int, int]) -> None:
-        """Make ``node_address_bits`` hold exactly these words (the others zero)."""
-        for index, value in self._address_bits.items():
-            wanted = words.get(index.value, 0)
-            if value.value != wanted:
-                self._address_bits[index] = ctypes.c_uint64(wanted)
 
 
 def _bit_words(addresses: set[tuple[int, bytes]]) -> dict[int, int]:
@@ -168,11 +152,13 @@ def _bit_words(addresses: set[tuple[int, bytes]]) -> dict[int, int]:
     return words
 
 
-def clear_bits(table: Any) -> None:
-    """Zero every non-zero word of a bit array map (``rx_ports``, ``udp_sock_bits``)."""
-    for word, value in table.items():
-        if value.value:
-            table[word] = ctypes.c_uint64(0)
+def write_words(table: Any, words: dict[int, int]) -> None:
+    """Make a bit array map hold exactly these words, the others zero (``rx_ports``,
+    ``node_address_bits``, ``udp_sock_bits``); only words that change are written."""
+    for index, value in table.items():
+        wanted = words.get(index.value, 0)
+        if value.value != wanted:
+            table[index] = ctypes.c_uint64(wanted)
 
 
 def _key(family: int, addr: bytes) -> layout.NodeAddressC:

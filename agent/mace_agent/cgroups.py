@@ -87,3 +87,12 @@ def cgroup_id(pid: int) -> int:
     """The cgroup v2 id of ``pid`` (raises CgroupError)."""
     ensure_cgroup2_mount()
     return os.stat(cgroup_dir(pid)).st_ino
+
+
+def cgroup_pids(pid: int) -> set[int]:
+    """The processes of pid's cgroup v2 (just pid where it has none)."""
+    try:
+        text = Path(cgroup_dir(pid), "cgroup.procs").read_text()
+    except (CgroupError, OSError):
+        return {pid}
+    return {int(p) for p in text.split()} | {pid}

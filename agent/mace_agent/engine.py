@@ -33,9 +33,9 @@ from typing import Any, Self
 from mace.models import ProtocolFilter
 from mace.probe import Scope
 from mace_agent import histogram, kernel, layout, program
-from mace_agent.admission import Admission, cgroup_pids, clear_bits, socket_ports
+from mace_agent.admission import Admission, socket_ports, write_words
 from mace_agent.btf import BTF, BTFError
-from mace_agent.cgroups import CgroupError, cgroup_id
+from mace_agent.cgroups import CgroupError, cgroup_id, cgroup_pids
 from mace_agent.config import EngineConfig
 from mace_agent.events import Event
 from mace_agent.flows import FlowLayout
@@ -429,7 +429,7 @@ class NodeEngine(_Attached):
             self._write_maps(measurement)
             if not self._measurements:  # nothing learnt for the targets is needed any more
                 self._require_admission().clear_ports()
-                clear_bits(self._require()[b"udp_sock_bits"])
+                write_words(self._require()[b"udp_sock_bits"], {})
             for flow in (measurement.out, measurement.inbound):
                 self._layouts.release(flow.spec)
             self._devices.release(measurement.dev_id)
