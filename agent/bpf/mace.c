@@ -63,7 +63,9 @@ struct pkt {
 };
 
 struct probe_hist { u64 b[2 * HIST_BUCKETS]; };
-struct tx_hit { struct corr_key key; struct tx_val value; u64 ts; u8 info[INFO_BYTES]; };
+/* A pending packet found at an outer device's start_xmit: its way (hash, ts, way) is taken at
+ * net_dev_xmit without hashing its id again. */
+struct tx_hit { struct corr_key key; struct tx_val value; u64 ts; u64 hash; u32 way; u32 pad; u8 info[INFO_BYTES]; };
 struct tx_stash { u64 skb; u64 dev; u32 n; u32 pad; struct tx_hit hit[STASH_HITS]; };
 struct rx_slot { u64 ts; u16 slot; u16 pad[3]; u8 info[INFO_BYTES]; };
 struct rx_batch {
@@ -543,6 +545,7 @@ static __always_inline int parse_l3(struct pkt *p, u16 proto)
 #define AT_RX_DEVICE 1  /* netif_receive_skb: skb->data is the network header, network_header unset */
 #define AT_OUTER 2      /* an outer device, where a pod's packet may be VXLAN-encapsulated */
 #define AT_L2 4         /* a flow layout takes Ethernet bytes: read that header too */
+#define AT_LOCAL 8      /* fail (-1) unless the packet was made on this host (never received: skb_iif 0) */
 
 /* AT_L2 if bit dir_bit (READS_L2_OUT or READS_L2_IN) is set in a device's or target's reads_l2. */
 #define L2_IF(reads_l2, dir_bit) (((reads_l2) & (dir_bit)) ? AT_L2 : 0)
@@ -581,6 +584,16 @@ static __always_inline int parse_skb(const u8 *skb, struct pkt *p, int at)
     u16 network, mac, proto_be;
     if (bpf_probe_read_kernel(span, sizeof(span), skb + SKB_SPAN_START))
         return -1;
+    if (at & AT_LOCAL) {
+        s32 iif = -1;
+#if SKB_SPAN_IIF
+        __builtin_memcpy(&iif, span + OFF_SKB_IIF - SKB_SPAN_START, 4);
+#else
+        bpf_probe_read_kernel(&iif, sizeof(iif), skb + OFF_SKB_IIF);
+#endif
+        if (iif)
+            return -1;
+    }
     __builtin_memcpy(&head, span + OFF_SKB_HEAD - SKB_SPAN_START, 8);
     __builtin_memcpy(&data, span + OFF_SKB_DATA - SKB_SPAN_START, 8);
     __builtin_memcpy(&network, span + OFF_SKB_NETWORK_HEADER - SKB_SPAN_START, 2);
@@ -846,13 +859,10 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     if (!t->n_out)
         return 0;
     /* Softirqs run in this context may queue other packets (forwarded ones, or a reply
-     * made in another namespace to the packet being sent): keep only packets made here
-     * (never received on an interface) and queued on a device of the target's namespace. */
+     * made in another namespace to the packet being sent): keep only packets queued on a device
+     * of the target's namespace (a packet passes them first) and made here (AT_LOCAL). */
     const u8 *skb = (const u8 *)ctx->args[0];
-    int iif = -1;
     u64 dev = 0;
-    if (bpf_probe_read_kernel(&iif, sizeof(iif), skb + OFF_SKB_IIF) || iif)
-        return 0;
     if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV) || !dev)
         return 0;
     /* A device changes namespace when it is set up (a CNI moves a veth end into the pod's), not
@@ -865,7 +875,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
         call->dev_inside = dev;
     }
     struct pkt *p = pkt_buffer(AT_QUEUE);
-    if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_OUT)))
+    if (!p || parse_skb(skb, p, AT_LOCAL | L2_IF(t->reads_l2, READS_L2_OUT)))
         return 0;
     if (has_ports(p))  /* the sending socket's port: replies to it are admitted */
         admit_port(p->proto, l4_u16(p, 0));
@@ -927,6 +937,8 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
         way &= PENDING_WAYS - 1;
         __builtin_memcpy(&hit->value, &set->way[way].value, sizeof(hit->value));
         hit->ts = set->ts[way];
+        hit->hash = set->hash[way];
+        hit->way = way;
         gather_info(p, l, hit->info);
         n++;
     }
@@ -953,11 +965,12 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
         if (h >= stash->n)
             break;
         struct tx_hit *hit = &stash->hit[h];
-        struct tx_set *set;
-        int way = tx_pending_find(&hit->key, now, &set);
-        if (way < 0)
+        u32 index = hit->hash % PENDING_SETS;
+        struct tx_set *set = tx_pending.lookup(&index);
+        u32 way = hit->way & (PENDING_WAYS - 1);
+        if (!set || set->hash[way] != hit->hash || set->ts[way] != hit->ts)  /* taken or replaced since */
             continue;
-        set->hash[way & (PENDING_WAYS - 1)] = 0;
+        set->hash[way] = 0;
         probe_count(hit->value.slot, C_OUT_MATCHED, 1);
         record(hit->value.slot, DIR_OUT, hit->ts, now, hit->value.pid, hit->value.tid, hit->info);
     }
@@ -1142,7 +1155,8 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 #define FP_BYTES 16
 /* A socket's notes, column by column: a lookup that matches bytes reads the short columns alone. */
 struct udp_notes {
-    u64 next; u32 n_groups; u32 pad;
+    u64 next; u32 n_groups;
+    u8 reads_l2; u8 pad[3];               /* READS_L2_IN if a group's layout takes Ethernet bytes */
     struct group groups[TARGET_GROUPS];   /* the ingress groups of the target that reads the socket */
     u64 ids[UDP_NOTES];     /* bit g: key[i][g] holds group g's id; 0 once a reader took the note */
     u64 skb[UDP_NOTES];     /* the datagram (a note is matched by its bytes, not by this) */
@@ -1215,7 +1229,8 @@ static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which
             return;
     }
     struct pkt *p = pkt_buffer(which);
-    if (!p || parse_skb((const u8 *)skb, p, AT_L2) || p->proto != IPPROTO_UDP_ || !has_ports(p))
+    if (!p || parse_skb((const u8 *)skb, p, L2_IF(notes->reads_l2, READS_L2_IN)) || p->proto != IPPROTO_UDP_
+        || !has_ports(p))
         return;
     u32 udp_len = l4_u16(p, 4);
     u64 seq = __sync_fetch_and_add(&notes->next, 1);
@@ -1256,6 +1271,7 @@ static __always_inline struct udp_notes *udp_notes_of(u64 sk)
         fresh->skb[i] = 0;
     }
     fresh->n_groups = 0;
+    fresh->reads_l2 = 0;
     udp_notes.insert(&sk, fresh);
     u64 bit;
     u64 *word = sock_bit(sk, &bit);
@@ -1267,7 +1283,8 @@ static __always_inline struct udp_notes *udp_notes_of(u64 sk)
  * (the workers reading one socket share its line). */
 static __always_inline void udp_groups(struct udp_notes *notes, const struct target *t)
 {
-    u64 diff = notes->n_groups ^ t->n_in;
+    u8 reads_l2 = t->reads_l2 & READS_L2_IN;
+    u64 diff = (notes->n_groups ^ t->n_in) | (notes->reads_l2 ^ reads_l2);
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         u64 a, b;
         __builtin_memcpy(&a, &notes->groups[g], sizeof(a));
@@ -1277,6 +1294,7 @@ static __always_inline void udp_groups(struct udp_notes *notes, const struct tar
     if (!diff)
         return;
     notes->n_groups = t->n_in;
+    notes->reads_l2 = reads_l2;
     __builtin_memcpy(notes->groups, t->in_, sizeof(notes->groups));
 }
 

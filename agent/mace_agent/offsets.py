@@ -38,6 +38,10 @@ MEMBERS: dict[str, tuple[str, str, int]] = {
 """Every kernel struct member the program reads: name -> (struct, member path, size)."""
 
 _SKB_SPAN = ("skb_head", "skb_data", "skb_network_header", "skb_mac_header", "skb_protocol")
+"""The sk_buff members every parse reads, in one kernel read (which also takes ``skb_iif`` when it is
+close enough: net_dev_queue then needs no read of its own for it)."""
+SKB_SPAN_MAX = 128
+"""The longest sk_buff span read at once, in bytes."""
 
 
 @dataclass(frozen=True)
@@ -58,17 +62,23 @@ class KernelOffsets:
         return cls(found)
 
     def defines(self) -> dict[str, int]:
-        """The ``OFF_*`` macros and the sk_buff span read once per packet."""
-        start, length = self.skb_span()
+        """The ``OFF_*`` macros, and the sk_buff span read once per packet (``SKB_SPAN_IIF``: 1 when it
+        covers ``skb_iif``)."""
+        start, length, iif = self.skb_span()
         return {f"OFF_{name.upper()}": offset for name, offset in self.offsets.items()} | {
-            "SKB_SPAN_START": start, "SKB_SPAN_LEN": length}
+            "SKB_SPAN_START": start, "SKB_SPAN_LEN": length, "SKB_SPAN_IIF": int(iif)}
 
-    def skb_span(self) -> tuple[int, int]:
-        """(start, length) of the one read covering the sk_buff members parsed per packet."""
-        members = [(self.offsets[name], MEMBERS[name][2]) for name in _SKB_SPAN]
+    def skb_span(self) -> tuple[int, int, bool]:
+        """(start, length, whether it covers ``skb_iif``) of the one read covering the sk_buff members
+        parsed per packet: ``skb_iif`` is covered if the span stays within SKB_SPAN_MAX bytes."""
+        start, length = self._span(_SKB_SPAN)
+        if length > SKB_SPAN_MAX:
+            raise BTFError(f"sk_buff header members span {length} bytes; at most {SKB_SPAN_MAX} supported")
+        wider = self._span((*_SKB_SPAN, "skb_iif"))
+        return (*wider, True) if wider[1] <= SKB_SPAN_MAX else (start, length, False)
+
+    def _span(self, names: tuple[str, ...]) -> tuple[int, int]:
+        members = [(self.offsets[name], MEMBERS[name][2]) for name in names]
         start = min(offset for offset, _ in members) // 8 * 8
         end = max(offset + size for offset, size in members)
-        length = (end - start + 7) // 8 * 8
-        if length > 128:
-            raise BTFError(f"sk_buff header members span {length} bytes; at most 128 supported")
-        return start, length
+        return start, (end - start + 7) // 8 * 8
