@@ -68,6 +68,9 @@ struct probe_hist { u64 b[2 * HIST_BUCKETS]; };
 struct tx_hit { struct corr_key key; struct tx_val value; u64 ts; u64 hash; u32 way; u32 pad; u8 info[INFO_BYTES]; };
 struct tx_stash { u64 skb; u64 dev; u32 n; u32 pad; struct tx_hit hit[STASH_HITS]; };
 struct rx_slot { u64 ts; u16 slot; u16 pad[3]; u8 info[INFO_BYTES]; };
+/* A thread's copy of its target's entry, found under key; current while the target filter's
+ * generation (which changes whenever targets change) is the one copied under. */
+struct target_copy { struct target target; u64 key, generation; };
 struct rx_batch {
     u32 active; u32 n;          /* in a hooked receive call; packets in slot[] */
     u64 sk;                     /* UDP: the socket being read */
@@ -78,11 +81,12 @@ struct rx_batch {
     u32 sock_udp; u32 pad2;               /* and whether that is a UDP socket */
     u32 resume[TARGET_GROUPS];  /* TCP, per group: sequence number of the next segment not yet taken */
     u32 resumable[TARGET_GROUPS];
+    struct target_copy own;     /* the receiver's target */
     struct rx_slot slot[RX_SLOTS];
 };
 struct tx_call {
     u64 start; u32 active; u32 by_socket; u32 counted; u32 pad;
-    struct target target;       /* the sender's entry when the call began: net_dev_queue looks nothing up */
+    struct target_copy own;     /* the sender's target: net_dev_queue looks nothing up */
     u64 dev_inside, dev_outside;  /* the last devices found in and outside the target's namespace */
 };
 
@@ -395,26 +399,59 @@ static __always_inline int maybe_target(const struct target_filter *filter, u64 
 }
 
 /* The target the current task belongs to: its cgroup (when some targets are cgroups), else (when
- * some are processes) its process. 0 for everybody else, nearly always without a hash lookup (the
- * filter's bits). */
-static __always_inline struct target *current_target(void)
+ * some are processes) its process; *key: the key it was found under. 0 for everybody else, nearly
+ * always without a hash lookup (the filter's bits). */
+static __always_inline struct target *find_target(u64 *key)
 {
     u32 zero = 0;
     const struct target_filter *filter = target_filter.lookup(&zero);
     if (!filter)
         return 0;
     if (filter->cgroups) {
-        u64 key = bpf_get_current_cgroup_id();
-        if (maybe_target(filter, key)) {
-            struct target *t = targets.lookup(&key);
+        *key = bpf_get_current_cgroup_id();
+        if (maybe_target(filter, *key)) {
+            struct target *t = targets.lookup(key);
             if (t)
                 return t;
         }
     }
     if (!filter->processes)
         return 0;
-    u64 key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
-    return maybe_target(filter, key) ? targets.lookup(&key) : 0;
+    *key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
+    return maybe_target(filter, *key) ? targets.lookup(key) : 0;
+}
+
+static __always_inline struct target *current_target(void)
+{
+    u64 key;
+    return find_target(&key);
+}
+
+/* The key find_target tries first for the current task; 0 if no filter bit says it may be a target. */
+static __always_inline u64 first_key(const struct target_filter *filter)
+{
+    u64 key = filter->cgroups ? bpf_get_current_cgroup_id() : 0;
+    if (!key || !maybe_target(filter, key))
+        key = filter->processes ? TGID_KEY | (bpf_get_current_pid_tgid() >> 32) : 0;
+    return key && maybe_target(filter, key) ? key : 0;
+}
+
+/* Whether a thread's copy is its target under key now. Most calls of a target then look nothing up
+ * (a task whose first key is not the one its target was found under, after a filter bit collision,
+ * always looks up). */
+static __always_inline int copy_current(const struct target_copy *copy, const struct target_filter *filter,
+                                        u64 key)
+{
+    return copy->key == key && copy->generation == filter->generation;
+}
+
+/* Copy t, found under key, into a thread's copy. */
+static __always_inline void copy_target(struct target_copy *copy, const struct target *t, u64 key,
+                                        const struct target_filter *filter)
+{
+    __builtin_memcpy(&copy->target, t, sizeof(*t));
+    copy->key = key;
+    copy->generation = filter->generation;
 }
 
 /* Inode number of a device's network namespace (0 if unreadable). */
@@ -784,22 +821,31 @@ static __always_inline const struct flow_layout *key_for(struct pkt *p, u32 layo
  * data of a call that entered no hooked system call (write, writev). */
 static __always_inline int tx_begin(u32 by_socket)
 {
-    const struct target *t = current_target();
-    if (!t)
+    u32 zero = 0;
+    const struct target_filter *filter = target_filter.lookup(&zero);
+    u64 key = filter ? first_key(filter) : 0;
+    if (!key)
         return 0;
-    struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0,
-                                                    BPF_LOCAL_STORAGE_GET_F_CREATE);
-    if (!call || (by_socket && call->active))
+    void *task = (void *)bpf_get_current_task_btf();
+    struct tx_call *call = tx_call.task_storage_get(task, 0, 0);
+    if (call && by_socket && call->active)
         return 0;
+    if (!call || !copy_current(&call->own, filter, key)) {
+        const struct target *t = find_target(&key);
+        if (!t)
+            return 0;
+        call = tx_call.task_storage_get(task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (!call)
+            return 0;
+        if (call->own.target.netns != t->netns)
+            call->dev_inside = call->dev_outside = 0;
+        copy_target(&call->own, t, key, filter);
+    }
     u64 now = bpf_ktime_get_ns();
-    if (call->target.netns != t->netns)
-        call->dev_inside = call->dev_outside = 0;
-    __builtin_memcpy(&call->target, t, sizeof(*t));
     call->start = now;
     call->active = 1;
     call->by_socket = by_socket;
     gate_count(TX_GATE, &call->counted, 1);
-    u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     if (last && now - *last > SEND_GRAIN_NS)  /* a shared line: written at most once per grain */
         *last = now;
@@ -855,7 +901,7 @@ RAW_TRACEPOINT_PROBE(net_dev_queue)
     struct tx_call *call = tx_call.task_storage_get((void *)bpf_get_current_task_btf(), 0, 0);
     if (!call || !call->active)
         return 0;
-    const struct target *t = &call->target;
+    const struct target *t = &call->own.target;
     if (!t->n_out)
         return 0;
     /* Softirqs run in this context may queue other packets (forwarded ones, or a reply
@@ -1019,6 +1065,28 @@ static __always_inline struct rx_batch *rx_state(u64 flags_)
     return rx_batch.task_storage_get((void *)bpf_get_current_task_btf(), 0, flags_);
 }
 
+/* The receive state of the current thread, made on first use, if it belongs to a target that
+ * measures ingress (its copy of the target current); else 0. */
+static __always_inline struct rx_batch *receiver(void)
+{
+    u32 zero = 0;
+    const struct target_filter *filter = target_filter.lookup(&zero);
+    u64 key = filter ? first_key(filter) : 0;
+    if (!key)
+        return 0;
+    struct rx_batch *batch = rx_state(0);
+    if (!batch || !copy_current(&batch->own, filter, key)) {
+        const struct target *t = find_target(&key);
+        if (!t || !t->n_in)
+            return 0;
+        batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+        if (!batch)
+            return 0;
+        copy_target(&batch->own, t, key, filter);
+    }
+    return batch->own.target.n_in ? batch : 0;
+}
+
 /* Count the thread in RX_GATE while it is in a hooked receive call or has packets to report. */
 static __always_inline void rx_settle(struct rx_batch *batch)
 {
@@ -1107,12 +1175,10 @@ static __always_inline void tcp_take(struct rx_batch *batch, const u8 *skb, stru
  * skb_copy_datagram_iovec in the receiving task, whichever call reads the socket. */
 RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
 {
-    struct target *t = current_target();
-    if (!t || !t->n_in)
-        return 0;
-    struct rx_batch *batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    struct rx_batch *batch = receiver();
     if (!batch || !RX_TAKING(batch))
         return 0;
+    const struct target *t = &batch->own.target;
     const u8 *skb = (const u8 *)ctx->args[0];
     struct pkt *p = pkt_buffer(AT_COPY);
     if (!p || parse_skb(skb, p, L2_IF(t->reads_l2, READS_L2_IN)))
@@ -1123,7 +1189,7 @@ RAW_TRACEPOINT_PROBE(skb_copy_datagram_iovec)
     for (u32 g = 0; g < TARGET_GROUPS; g++) {
         if (g >= t->n_in)
             break;
-        struct group *group = &t->in_[g];
+        const struct group *group = &t->in_[g];
         struct corr_key key;
         const struct flow_layout *l = key_for(p, group->layout, group->dev, &key);
         if (!l)
@@ -1422,12 +1488,10 @@ static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret
  * recvmmsg's vector); for UDP, note the datagram it would get now. */
 static __always_inline int rx_call_begins(u64 fd, u32 kind, u64 buf, u64 cap)
 {
-    struct target *t = current_target();
-    if (!t || !t->n_in)
-        return 0;
-    struct rx_batch *batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
+    struct rx_batch *batch = receiver();
     if (!batch)
         return 0;
+    const struct target *t = &batch->own.target;
     batch->active = 1;
     batch->sk = 0;
     batch->kind = kind;

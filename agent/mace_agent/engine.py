@@ -219,6 +219,7 @@ class NodeEngine(_Attached):
         self._next_sweep = 0.0
         self._netns = 0
         self._devices_known = False
+        self._filter_generation = 0
 
     # -- life cycle -----------------------------------------------------------------------------
 
@@ -525,11 +526,13 @@ class NodeEngine(_Attached):
         table[ckey] = value
 
     def _write_target_filter(self) -> None:
-        """Rewrite the target filter from every target key (after ``targets`` got its entries; a bit
-        that stays set never reads as clear while the filter is rewritten)."""
+        """Rewrite the target filter from every target key, with a new generation (after ``targets``
+        got its entries; a bit that stays set never reads as clear while the filter is rewritten)."""
         keys = {k for m in self._measurements.values() for k in m.target_keys}
+        self._filter_generation += 1
         value = layout.TargetFilterC(processes=int(any(k & layout.TGID_KEY for k in keys)),
-                                     cgroups=int(any(not k & layout.TGID_KEY for k in keys)))
+                                     cgroups=int(any(not k & layout.TGID_KEY for k in keys)),
+                                     generation=self._filter_generation)
         for key in keys:
             bit = layout.target_bit(key)
             value.bits[bit >> 6] |= 1 << (bit & 63)

@@ -1,5 +1,8 @@
 """Probes whose targets overlap (a whole pod and one of its containers) measure at once on the node's
-engine, each reporting its own targets' packets: the overlap's measurement is shared, not refused."""
+engine, each reporting its own targets' packets: the overlap's measurement is shared, not refused. A
+probe added on a target that is already sending (another probe's target, with other fields) measures
+that target's next sends: a sender's call state keeps a copy of its target's entry, and changing the
+targets must renew it."""
 
 from __future__ import annotations
 
@@ -62,3 +65,35 @@ def test_a_pod_probe_and_a_container_probe_with_the_same_fields_measure_at_once(
     for direction in ("out", "in"):
         assert result["counts"]["one"][direction] >= 10, result
         assert result["counts"]["whole"][direction] > result["counts"]["one"][direction], result
+
+
+# Runs in the node's namespace: one probe on a pinging process, then, once it measures, a second one on
+# the same process with other fields; each counts what it measured after the second was added.
+LATER = """
+import json, sys, time
+from mace.grammar import parse
+from mace_agent.engine import NodeEngine, ProbeSpec
+first_text, second_text = json.loads(sys.argv[1])
+with NodeEngine() as engine:
+    first = engine.add(ProbeSpec(parse(first_text)))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and engine.snapshot(first).counters["out_count"] < 5:
+        engine.poll(0.1)
+    base = engine.snapshot(first).counters["out_count"]
+    second = engine.add(ProbeSpec(parse(second_text)))
+    while time.monotonic() < deadline and engine.snapshot(second).counters["out_count"] < 10:
+        engine.poll(0.1)
+    print(json.dumps({"first": engine.snapshot(first).counters["out_count"] - base,
+                      "second": {d: engine.snapshot(second).counters[d + "_count"] for d in ("out", "in")}}))
+"""
+
+
+def test_a_probe_added_on_a_sending_target_measures_its_next_sends(topology: Topology) -> None:
+    t = topology
+    ping = t.popen(t.pod.ns, ["ping", "-n", "-i", "0.05", t.remote.ipv4])
+    first = filter_text(t.uplink_ifindex, ping.pid, ["icmp_id", "icmp_seq"], ["icmp_seq"])
+    second = filter_text(t.uplink_ifindex, ping.pid, ["icmp_seq", "ip_id"], ["ip_id"])
+    out = t.run(t.node, [sys.executable, "-c", LATER, json.dumps([first, second])], timeout=60)
+    result = json.loads(out.strip().splitlines()[-1])
+    assert result["second"]["out"] >= 10 and result["second"]["in"] >= 5, result
+    assert result["first"] >= 10, result  # the first probe kept measuring meanwhile
