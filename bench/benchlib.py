@@ -362,7 +362,8 @@ class HookControl:
     Program sets are loaded once (compiled, then detached) and attached/detached per round.
     """
 
-    def __init__(self, topology: Topology, ns: str) -> None:
+    def __init__(self, topology: Topology, ns: str, env: dict[str, str] | None = None) -> None:
+        """Start hookctl in ``ns`` (``env``: its environment, by default this process's)."""
         self._replies: queue.Queue[Record | None] = queue.Queue()
         self.refused = 0
         """Attach attempts the kernel refused (and that were retried)."""
@@ -375,6 +376,7 @@ class HookControl:
             stderr=subprocess.PIPE,
             text=True,
             bufsize=1,
+            env=env,
         )
         assert self.proc.stdout is not None and self.proc.stderr is not None
         threading.Thread(target=self._read, args=(self.proc.stdout,), daemon=True).start()

@@ -1,0 +1,172 @@
+"""Two builds of the engine, before and after a change, timed program by program under the same flood.
+
+The RTT and flood benches compare configurations, and on a machine whose speed drifts by 30-50% from
+minute to minute their figures for one build vary as much as a change of a few helper calls. This bench
+holds everything but the build fixed: one UDP flood (throughput.py's, 64-byte datagrams) runs
+throughout, in one direction of the lab, and each build's engine, with a probe that matches the flood
+(egress: the flood's process; ingress: the pod's receiver), is attached in turn for a window of
+``--seconds``, in rounds, with ``kernel.bpf_stats_enabled=1`` (restored after). A build is a git
+revision, checked out in a temporary worktree, or ``.``, this checkout's working tree. Each build is
+loaded ``--instances`` times: where the kernel places a load's maps changes its figures by up to 15 ns
+per run, so a difference that holds across instances is the build's. Per program and load: the median
+ns per run over rounds (with the range), and runs per received packet; per load, the median time in
+programs per received packet.
+
+Run: sudo .venv/bin/python bench/hook_ab.py BEFORE [AFTER] [--direction egress|ingress]
+         [--rounds N] [--seconds S] [--instances K]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from benchlib import (
+    REPO,
+    RESULTS,
+    BpfStats,
+    HookControl,
+    Record,
+    machine,
+    median,
+    program_cost,
+    require_root,
+    write_results,
+)
+from throughput import ECHO_PORT, FIELDS, GUARD_S, SINK_PORT, sample
+
+from mace_lab.processes import TrafficProcess, filter_text
+from mace_lab.topology import Topology
+
+WORKING_TREE = "."
+
+
+@contextlib.contextmanager
+def checkout(revision: str) -> Iterator[dict[str, str] | None]:
+    """The environment that makes hookctl import the engine of ``revision`` (None: this checkout's)."""
+    if revision == WORKING_TREE:
+        yield None
+        return
+    with tempfile.TemporaryDirectory(prefix="mace-ab-") as parent:
+        tree = Path(parent) / "tree"
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), revision],
+                       check=True, capture_output=True)
+        try:
+            # the installed package maps mace_agent.bpf to this checkout's agent/bpf: point it at the tree's
+            (tree / "agent" / "mace_agent" / "bpf").symlink_to(tree / "agent" / "bpf")
+            path = os.pathsep.join(str(tree / part) for part in ("agent", ".", "operator"))
+            yield os.environ | {"PYTHONPATH": path}
+        finally:
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+
+
+def run(t: Topology, builds: dict[str, dict[str, str] | None], args: argparse.Namespace) -> Record:
+    """Alternate every load of every build around one flood; return per-window program costs."""
+    egress = args.direction == "egress"
+    sink_ns, flood_ns, sink_addr = ((t.remote.ns, t.pod.ns, t.remote.ipv4) if egress
+                                    else (t.pod.ns, t.remote.ns, t.pod.ipv4))
+    sink = TrafficProcess(t, sink_ns, "udp-server", "--bind", "0.0.0.0", "--port", str(ECHO_PORT),
+                          "--sink-port", str(SINK_PORT))
+    sink.wait_ready()
+    loads = [(build, i) for build in builds for i in range(args.instances)]
+    duration = 120 + len(loads) * (60 + args.rounds * (args.seconds + 2))
+    flood = TrafficProcess(t, flood_ns, "udp-flood", "--dest", sink_addr, "--port", str(SINK_PORT),
+                           "--duration", f"{duration:.0f}")
+    text = filter_text(t.uplink_ifindex, flood.pid if egress else sink.pid, FIELDS, FIELDS)
+    controls = {}
+    for build, i in loads:
+        control = controls[build, i] = HookControl(t, t.node, env=builds[build])
+        control.request("load", name="engine", kind="engine", filter=text)
+    windows: dict[str, list[Record]] = {f"{build}#{i}": [] for build, i in loads}
+    try:
+        with BpfStats():
+            for _ in range(args.rounds):
+                for (build, i), control in controls.items():
+                    before = control.request("stats", name="engine")
+                    control.attach("engine", False)
+                    time.sleep(GUARD_S)  # let the queues settle after attaching; not counted
+                    first = sample(sink_ns, "eth0", False, [])
+                    time.sleep(args.seconds)  # the measurement window itself
+                    last = sample(sink_ns, "eth0", False, [])
+                    control.request("detach", name="engine")
+                    cost = program_cost(before, control.request("stats", name="engine"))
+                    windows[f"{build}#{i}"].append(
+                        {"packets": last["rx_packets"] - first["rx_packets"], "programs": cost})
+    finally:
+        for control in controls.values():
+            control.close()
+        flood.kill()
+    return {"direction": args.direction, "rounds": args.rounds, "seconds": args.seconds, "loads": windows}
+
+
+def summarise(loads: dict[str, list[Record]]) -> dict[str, Record]:
+    """Per load: median ns per run and its range, and runs per received packet, for each program that ran."""
+    found: dict[str, Record] = {}
+    for load, windows in loads.items():
+        programs: Record = {}
+        names = {name for w in windows for name, c in w["programs"].items() if c["runs"]}
+        for name in sorted(names):
+            per_run = [w["programs"][name]["ns_per_run"] for w in windows if w["programs"][name]["runs"]]
+            runs = sum(w["programs"][name]["runs"] for w in windows)
+            packets = sum(w["packets"] for w in windows)
+            programs[name] = {"ns_per_run": median(per_run), "min": min(per_run), "max": max(per_run),
+                              "runs_per_packet": round(runs / packets, 2) if packets else None}
+        per_packet = [sum(c["ns"] for c in w["programs"].values()) / w["packets"]
+                      for w in windows if w["packets"]]
+        found[load] = {"programs": programs,
+                       "ns_per_packet": round(median(per_packet)) if per_packet else None}
+    return found
+
+
+def report(summary: dict[str, Record]) -> list[str]:
+    """The table: a row per program, a column per load."""
+    loads = list(summary)
+    names = sorted({name for s in summary.values() for name in s["programs"]})
+    short = {name: name.removeprefix("raw_tracepoint__").removeprefix("tracepoint__syscalls__")
+             for name in names}
+    lines = [f"{'ns per run: median (min-max), runs/packet':44s}" + "".join(f"{load:>26s}" for load in loads)]
+    for name in names:
+        cells = []
+        for load in loads:
+            p = summary[load]["programs"].get(name)
+            cells.append(f"{p['ns_per_run']:.0f} ({p['min']:.0f}-{p['max']:.0f}) x{p['runs_per_packet']}"
+                         if p else "-")
+        lines.append(f"{short[name]:44s}" + "".join(f"{c:>26s}" for c in cells))
+    lines.append(f"{'in programs per received packet (median)':44s}"
+                 + "".join(f"{str(summary[load]['ns_per_packet']) + ' ns':>26s}" for load in loads))
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("before", help="git revision of the first build ('.': the working tree)")
+    parser.add_argument("after", nargs="?", default=WORKING_TREE, help="the second build (default: '.')")
+    parser.add_argument("--direction", choices=("egress", "ingress"), default="egress")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=1.0, help="length of one window")
+    parser.add_argument("--instances", type=int, default=2, help="loads of each build")
+    parser.add_argument("--out", type=Path, default=RESULTS / "hook_ab.json")
+    args = parser.parse_args()
+    require_root()
+    began = time.monotonic()
+    with checkout(args.before) as before_env, checkout(args.after) as after_env:
+        builds = {args.before: before_env, args.after: after_env}
+        with Topology(prefix="mace-ab") as t:
+            raw = run(t, builds, args)
+    summary = summarise(raw["loads"])
+    for line in report(summary):
+        print(line)
+    write_results("hook_ab", args.out, machine(), began, {"raw": raw, "summary": summary})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
