@@ -10,7 +10,8 @@ revision, checked out in a temporary worktree, or ``.``, this checkout's working
 loaded ``--instances`` times: where the kernel places a load's maps changes its figures by up to 15 ns
 per run, so a difference that holds across instances is the build's. Per program and load: the median
 ns per run over rounds (with the range), and runs per received packet; per load, the median time in
-programs per received packet.
+all programs per datagram sent (per call of the flood's ``sendto``: the received rate depends on how
+many the receiver drops, the sent one on the sender's cost).
 
 Run: sudo .venv/bin/python bench/hook_ab.py BEFORE [AFTER] [--direction egress|ingress]
          [--rounds N] [--seconds S] [--instances K]
@@ -46,6 +47,8 @@ from mace_lab.processes import TrafficProcess, filter_text
 from mace_lab.topology import Topology
 
 WORKING_TREE = "."
+SEND_CALLS = "tracepoint__syscalls__sys_enter_sendto"
+"""The program that runs once per datagram the flood sends."""
 
 
 @contextlib.contextmanager
@@ -118,10 +121,10 @@ def summarise(loads: dict[str, list[Record]]) -> dict[str, Record]:
             packets = sum(w["packets"] for w in windows)
             programs[name] = {"ns_per_run": median(per_run), "min": min(per_run), "max": max(per_run),
                               "runs_per_packet": round(runs / packets, 2) if packets else None}
-        per_packet = [sum(c["ns"] for c in w["programs"].values()) / w["packets"]
-                      for w in windows if w["packets"]]
+        per_send = [sum(c["ns"] for c in w["programs"].values()) / w["programs"][SEND_CALLS]["runs"]
+                    for w in windows if w["programs"].get(SEND_CALLS, {}).get("runs")]
         found[load] = {"programs": programs,
-                       "ns_per_packet": round(median(per_packet)) if per_packet else None}
+                       "ns_per_datagram_sent": round(median(per_send)) if per_send else None}
     return found
 
 
@@ -139,8 +142,8 @@ def report(summary: dict[str, Record]) -> list[str]:
             cells.append(f"{p['ns_per_run']:.0f} ({p['min']:.0f}-{p['max']:.0f}) x{p['runs_per_packet']}"
                          if p else "-")
         lines.append(f"{short[name]:44s}" + "".join(f"{c:>26s}" for c in cells))
-    lines.append(f"{'in programs per received packet (median)':44s}"
-                 + "".join(f"{str(summary[load]['ns_per_packet']) + ' ns':>26s}" for load in loads))
+    lines.append(f"{'in programs per datagram sent (median)':44s}"
+                 + "".join(f"{str(summary[load]['ns_per_datagram_sent']) + ' ns':>26s}" for load in loads))
     return lines
 
 
