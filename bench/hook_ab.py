@@ -7,8 +7,9 @@ throughout, in one direction of the lab, and each build's engine, with a probe t
 (egress: the flood's process; ingress: the pod's receiver), is attached in turn for a window of
 ``--seconds``, in rounds, with ``kernel.bpf_stats_enabled=1`` (restored after). A build is a git
 revision, checked out in a temporary worktree, or ``.``, this checkout's working tree. Each build is
-loaded ``--instances`` times: where the kernel places a load's maps changes its figures by up to 15 ns
-per run, so a difference that holds across instances is the build's. Per program and load: the median
+loaded ``--instances`` times: two loads of one build differ by up to about 20 ns per run in some
+programs (most likely where their maps and programs land in memory), so a difference that holds
+across the loads is the build's. Per program and load: the median
 ns per run over rounds (with the range), and runs per received packet; per load, the median time in
 all programs per datagram sent (per call of the flood's ``sendto``: the received rate depends on how
 many the receiver drops, the sent one on the sender's cost).

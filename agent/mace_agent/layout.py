@@ -150,13 +150,13 @@ class TargetC(Struct):
 class TargetFilterC(Struct):
     """Which target keys may be in ``targets``: bit ``target_bit(key)`` is set for every key there (and
     for a few others). A task whose keys' bits are clear leaves a hook without any hash lookup. A
-    thread's send call keeps a copy of its target's entry, looked up again only when the filter's
-    ``generation`` changed since."""
+    target's threads keep a copy of its entry (one for sending, one for receiving), looked up again
+    only when the filter's ``generation`` changed since."""
 
     _c_name_ = "target_filter"
     _fields_ = [("processes", u32),  # some targets are processes (TGID_KEY keys)
                 ("cgroups", u32),  # some targets are cgroups
-                ("generation", u64),  # changes whenever ``targets`` changes: a send call's copy is current
+                ("generation", u64),  # changes whenever ``targets`` changes: a thread's copy stays current
                 ("bits", u64 * ((1 << TARGET_BITS_LOG2) // 64))]
 
 
