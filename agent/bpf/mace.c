@@ -21,8 +21,9 @@
  * Ingress: netif_receive_skb on an outer device: per flow layout used there, packet id ->
  *          arrival time and info
  *          -> in a receiving thread of a target, skb_copy_datagram_iovec (TCP, raw, ICMP: any
- *             receive call) or, for UDP, the datagram a recvfrom/recvmsg/recvmmsg call noted
- *             at its start: per group of the target, move to the thread's batch
+ *             receive call) or, for UDP, the socket's note whose first bytes are in the buffer of
+ *             the recvfrom/recvmsg/recvmmsg call (udp_notes): per group of the target, move to the
+ *             thread's batch
  *          -> sock_recv_length, where the socket layer returns to the call: one report per
  *             probe of each packet taken (kernels without it: only inside recvfrom/recvmsg/
  *             recvmmsg, reported at their exit; UDP is then not measured).
@@ -42,7 +43,7 @@
 enum { RECV_FROM, RECV_MSG, RECV_MMSG };  /* rx_batch.kind */
 #define MSGHDR_IOV 16       /* offsetof(struct user_msghdr, msg_iov) */
 #define MMSGHDR_SIZE 64     /* sizeof(struct mmsghdr) */
-#define BIT_WORDS ((1 << TARGET_BITS_LOG2) / 64)  /* words of a bit array indexed by hash_bit */
+#define BIT_WORDS ((1 << TARGET_BITS_LOG2) / 64)  /* words of a bit array indexed by bit_of */
 #define L3_BYTES (PKT_BYTES - L2_BYTES - 16)  /* the last 16 bytes stay zero */
 #define STASH_HITS 4
 #define CORR_WORDS (CORR_BYTES / 8)
@@ -74,7 +75,7 @@ struct target_copy { struct target target; u64 key, generation; };
 struct rx_batch {
     u32 active; u32 n;          /* in a hooked receive call; packets in slot[] */
     u64 sk;                     /* UDP: the socket being read */
-    u64 ubuf; u64 ucap;         /* UDP: the call's buffer and size (recvfrom), msghdr or mmsghdr vector */
+    u64 ubuf; u64 ucap;         /* UDP: the call's buffer and size (recvfrom), or msghdr or mmsghdr vector */
     u32 kind; u32 index;        /* UDP: RECV_FROM, RECV_MSG or RECV_MMSG; datagrams returned so far */
     u32 counted; u32 pad;                 /* counted in call_gates[RX_GATE] (active or n) */
     s64 sock_fd; u64 sock;                /* the last fd a hooked call read, its struct sock */
@@ -377,11 +378,13 @@ static __always_inline void record(u32 probe, u32 dir, u64 ts, u64 now, u32 pid,
 
 /* ---- targets and devices ---- */
 
-/* The bit of key in an array of BIT_WORDS words (layout.target_bit): the target filter, the node's
- * addresses, the UDP sockets with notes. */
-static __always_inline u32 hash_bit(u64 key)
+/* The word index, and in *mask the bit, of key in an array of BIT_WORDS words (layout.target_bit):
+ * the target filter, the node's addresses, the UDP sockets with notes. */
+static __always_inline u32 bit_of(u64 key, u64 *mask)
 {
-    return (key * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+    u32 bit = (key * TARGET_HASH) >> (64 - TARGET_BITS_LOG2);
+    *mask = 1ULL << (bit & 63);
+    return (bit >> 6) & (BIT_WORDS - 1);
 }
 
 /* Set bit in *word unless it is set (atomically: programs on other CPUs may set others). */
@@ -394,46 +397,36 @@ static __always_inline void mark_bit(u64 *word, u64 bit)
 /* Whether key may be a target (target_filter's bit for it is set). */
 static __always_inline int maybe_target(const struct target_filter *filter, u64 key)
 {
-    u32 bit = hash_bit(key);
-    return (filter->bits[(bit >> 6) & ((1 << (TARGET_BITS_LOG2 - 6)) - 1)] >> (bit & 63)) & 1;
+    u64 mask;
+    u32 word = bit_of(key, &mask);
+    return (filter->bits[word] & mask) != 0;
 }
 
-/* The target the current task belongs to: its cgroup (when some targets are cgroups), else (when
- * some are processes) its process; *key: the key it was found under. 0 for everybody else, nearly
- * always without a hash lookup (the filter's bits). */
-static __always_inline struct target *find_target(u64 *key)
+/* The key the current task may be a target under (*filter: the target filter): its cgroup id when
+ * some targets are cgroups and that id's filter bit is set, else TGID_KEY | its TGID when some are
+ * processes and that bit is set; 0 for everybody else, without a hash lookup. */
+static __always_inline u64 first_key(const struct target_filter **filter)
 {
     u32 zero = 0;
-    const struct target_filter *filter = target_filter.lookup(&zero);
-    if (!filter)
+    const struct target_filter *f = target_filter.lookup(&zero);
+    *filter = f;
+    if (!f)
         return 0;
-    if (filter->cgroups) {
-        *key = bpf_get_current_cgroup_id();
-        if (maybe_target(filter, *key)) {
-            struct target *t = targets.lookup(key);
-            if (t)
-                return t;
-        }
-    }
-    if (!filter->processes)
-        return 0;
+    u64 key = f->cgroups ? bpf_get_current_cgroup_id() : 0;
+    if (!key || !maybe_target(f, key))
+        key = f->processes ? TGID_KEY | (bpf_get_current_pid_tgid() >> 32) : 0;
+    return key && maybe_target(f, key) ? key : 0;
+}
+
+/* The target of the current task, whose first key is *key (not 0); *key becomes the key it was
+ * found under: a cgroup id whose bit collided with a target's falls back to the task's process. */
+static __always_inline struct target *find_target(const struct target_filter *filter, u64 *key)
+{
+    struct target *t = targets.lookup(key);
+    if (t || (*key & TGID_KEY) || !filter->processes)
+        return t;
     *key = TGID_KEY | (bpf_get_current_pid_tgid() >> 32);
     return maybe_target(filter, *key) ? targets.lookup(key) : 0;
-}
-
-static __always_inline struct target *current_target(void)
-{
-    u64 key;
-    return find_target(&key);
-}
-
-/* The key find_target tries first for the current task; 0 if no filter bit says it may be a target. */
-static __always_inline u64 first_key(const struct target_filter *filter)
-{
-    u64 key = filter->cgroups ? bpf_get_current_cgroup_id() : 0;
-    if (!key || !maybe_target(filter, key))
-        key = filter->processes ? TGID_KEY | (bpf_get_current_pid_tgid() >> 32) : 0;
-    return key && maybe_target(filter, key) ? key : 0;
 }
 
 /* Whether a thread's copy is its target under key now. Most calls of a target then look nothing up
@@ -720,10 +713,10 @@ static __always_inline int to_node(const struct pkt *p)
     u64 lo, hi;
     __builtin_memcpy(&lo, key.addr, 8);
     __builtin_memcpy(&hi, key.addr + 8, 8);
-    u32 bit = hash_bit(key.family ^ lo ^ hi);
-    u32 index = bit >> 6;
+    u64 mask;
+    u32 index = bit_of(key.family ^ lo ^ hi, &mask);
     u64 *word = node_address_bits.lookup(&index);
-    if (!word || !((*word >> (bit & 63)) & 1))  /* not one of the node's: mostly ends here */
+    if (!word || !(*word & mask))  /* not one of the node's: mostly ends here */
         return 0;
     return node_addresses.lookup(&key) != 0;
 }
@@ -821,9 +814,8 @@ static __always_inline const struct flow_layout *key_for(struct pkt *p, u32 layo
  * data of a call that entered no hooked system call (write, writev). */
 static __always_inline int tx_begin(u32 by_socket)
 {
-    u32 zero = 0;
-    const struct target_filter *filter = target_filter.lookup(&zero);
-    u64 key = filter ? first_key(filter) : 0;
+    const struct target_filter *filter;
+    u64 key = first_key(&filter);
     if (!key)
         return 0;
     void *task = (void *)bpf_get_current_task_btf();
@@ -831,7 +823,7 @@ static __always_inline int tx_begin(u32 by_socket)
     if (call && by_socket && call->active)
         return 0;
     if (!call || !copy_current(&call->own, filter, key)) {
-        const struct target *t = find_target(&key);
+        const struct target *t = find_target(filter, &key);
         if (!t)
             return 0;
         call = tx_call.task_storage_get(task, 0, BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -846,6 +838,7 @@ static __always_inline int tx_begin(u32 by_socket)
     call->active = 1;
     call->by_socket = by_socket;
     gate_count(TX_GATE, &call->counted, 1);
+    u32 zero = 0;
     u64 *last = last_send.lookup(&zero);
     if (last && now - *last > SEND_GRAIN_NS)  /* a shared line: written at most once per grain */
         *last = now;
@@ -869,7 +862,9 @@ static __always_inline int tx_end(u32 by_socket)
 /* A target binds a socket: admit its port, for TCP and UDP alike (the call does not say which). */
 TRACEPOINT_PROBE(syscalls, sys_enter_bind)
 {
-    if (!current_target())
+    const struct target_filter *filter;
+    u64 key = first_key(&filter);
+    if (!key || !find_target(filter, &key))
         return 0;
     u16 head[2] = {};  /* sa_family, then the port of sockaddr_in and sockaddr_in6 */
     if (args->addrlen < (int)sizeof(head) || bpf_probe_read_user(head, sizeof(head), args->umyaddr)
@@ -1069,14 +1064,13 @@ static __always_inline struct rx_batch *rx_state(u64 flags_)
  * measures ingress (its copy of the target current); else 0. */
 static __always_inline struct rx_batch *receiver(void)
 {
-    u32 zero = 0;
-    const struct target_filter *filter = target_filter.lookup(&zero);
-    u64 key = filter ? first_key(filter) : 0;
+    const struct target_filter *filter;
+    u64 key = first_key(&filter);
     if (!key)
         return 0;
     struct rx_batch *batch = rx_state(0);
     if (!batch || !copy_current(&batch->own, filter, key)) {
-        const struct target *t = find_target(&key);
+        const struct target *t = find_target(filter, &key);
         if (!t || !t->n_in)
             return 0;
         batch = rx_state(BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -1238,11 +1232,9 @@ BPF_PERCPU_ARRAY(notes_scratch, struct udp_notes, 1);
  * sockets whose bit is set (bits are cleared when no target is left). */
 BPF_ARRAY(udp_sock_bits, u64, BIT_WORDS);
 
-static __always_inline u64 *sock_bit(u64 sk, u64 *bit)
+static __always_inline u64 *sock_bit(u64 sk, u64 *mask)
 {
-    u32 h = hash_bit(sk);
-    *bit = 1ULL << (h & 63);
-    u32 word = h >> 6;
+    u32 word = bit_of(sk, mask);
     return udp_sock_bits.lookup(&word);
 }
 
@@ -1525,10 +1517,7 @@ TRACEPOINT_PROBE(syscalls, sys_enter_recvfrom)
     return rx_call_begins(args->fd, RECV_FROM, (u64)args->ubuf, args->size);
 }
 TRACEPOINT_PROBE(syscalls, sys_enter_recvmsg) { return rx_call_begins(args->fd, RECV_MSG, (u64)args->msg, 0); }
-TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg)
-{
-    return rx_call_begins(args->fd, RECV_MMSG, (u64)args->mmsg, args->vlen);
-}
+TRACEPOINT_PROBE(syscalls, sys_enter_recvmmsg) { return rx_call_begins(args->fd, RECV_MMSG, (u64)args->mmsg, 0); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmsg) { return rx_call_ends(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvfrom) { return rx_call_ends(); }
 TRACEPOINT_PROBE(syscalls, sys_exit_recvmmsg) { return rx_call_ends(); }

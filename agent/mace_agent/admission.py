@@ -85,18 +85,23 @@ def namespace_addresses() -> set[tuple[int, bytes]]:
                 if kind == _NLMSG_ERROR:
                     raise OSError("rtnetlink refused the address dump")
                 family = data[at + _NLMSG.size]
-                attrs: dict[int, bytes] = {}
-                pos = at + _NLMSG.size + _IFADDRMSG.size
-                while pos + _RTATTR.size <= at + length:
-                    size, kind = _RTATTR.unpack_from(data, pos)
-                    attrs[kind] = data[pos + _RTATTR.size:pos + size]
-                    pos += (size + 3) & ~3
+                attrs = _attributes(data, at + _NLMSG.size + _IFADDRMSG.size, at + length)
                 address = attrs.get(_IFA_LOCAL) or attrs.get(_IFA_ADDRESS)
                 if family in _FAMILIES and address:
                     found.add((_FAMILIES[family], address))
                 at += (length + 3) & ~3
             if not data:
                 return found
+
+
+def _attributes(data: bytes, pos: int, end: int) -> dict[int, bytes]:
+    """The rtnetlink attributes between ``pos`` and ``end`` of a message: type -> payload."""
+    attrs: dict[int, bytes] = {}
+    while pos + _RTATTR.size <= end:
+        size, kind = _RTATTR.unpack_from(data, pos)
+        attrs[kind] = data[pos + _RTATTR.size:pos + size]
+        pos += (size + 3) & ~3
+    return attrs
 
 
 class Admission:
@@ -111,11 +116,7 @@ class Admission:
     def admit(self, ports: Iterable[tuple[int, int]]) -> None:
         """Set the bits of (protocol, port) pairs (the program may set others at the same time: a
         bit it sets between this read and write is set again at the target's next call)."""
-        words: dict[int, int] = {}
-        for proto, port in ports:
-            word, bit = layout.port_bit(proto, port)
-            words[word] = words.get(word, 0) | bit
-        for word, bits in words.items():
+        for word, bits in layout.bit_words(layout.port_bit(proto, port) for proto, port in ports).items():
             key = ctypes.c_uint32(word)
             value = self._ports[key].value
             if value & bits != bits:
@@ -145,11 +146,7 @@ class Admission:
 
 def _bit_words(addresses: set[tuple[int, bytes]]) -> dict[int, int]:
     """The words of ``node_address_bits`` with the bits of these addresses set."""
-    words: dict[int, int] = {}
-    for family, addr in addresses:
-        bit = layout.node_address_bit(family, addr)
-        words[bit >> 6] = words.get(bit >> 6, 0) | 1 << (bit & 63)
-    return words
+    return layout.bit_words(layout.node_address_bit(family, addr) for family, addr in addresses)
 
 
 def write_words(table: Any, words: dict[int, int]) -> None:

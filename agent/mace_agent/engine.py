@@ -533,9 +533,8 @@ class NodeEngine(_Attached):
         value = layout.TargetFilterC(processes=int(any(k & layout.TGID_KEY for k in keys)),
                                      cgroups=int(any(not k & layout.TGID_KEY for k in keys)),
                                      generation=self._filter_generation)
-        for key in keys:
-            bit = layout.target_bit(key)
-            value.bits[bit >> 6] |= 1 << (bit & 63)
+        for index, word in layout.bit_words(layout.target_bit(key) for key in keys).items():
+            value.bits[index] = word
         self._require()[b"target_filter"][ctypes.c_uint32(0)] = value
 
     # -- events ---------------------------------------------------------------------------------

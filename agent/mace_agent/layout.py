@@ -9,7 +9,7 @@ each map's key and value sizes against these classes after loading.
 from __future__ import annotations
 
 import ctypes
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 MAX_PROBES = 4096
@@ -161,8 +161,17 @@ class TargetFilterC(Struct):
 
 
 def target_bit(key: int) -> int:
-    """The filter bit of a target key (the bit mace.c's ``maybe_target`` tests)."""
+    """The bit of a key in a hashed bit array (mace.c's ``bit_of``): the target filter, the node's
+    addresses, the UDP sockets with notes."""
     return ((key * TARGET_HASH) & ((1 << 64) - 1)) >> (64 - TARGET_BITS_LOG2)
+
+
+def bit_words(bits: Iterable[int]) -> dict[int, int]:
+    """The 64-bit words of a bit array with these bits set (word index -> word), the others absent."""
+    words: dict[int, int] = {}
+    for bit in bits:
+        words[bit >> 6] = words.get(bit >> 6, 0) | 1 << (bit & 63)
+    return words
 
 
 class CallGateC(Struct):
@@ -174,9 +183,9 @@ class CallGateC(Struct):
     _fields_ = [("total", u32), ("n", u32 * (1 << GATE_SLOTS_LOG2))]
 
 
-def port_bit(proto: int, port: int) -> tuple[int, int]:
-    """(word, bit mask) of a TCP (6) or UDP (17) port in ``rx_ports`` (mace.c's ``port_word``)."""
-    return (PORT_WORDS // 2 if proto == 17 else 0) + (port >> 6), 1 << (port & 63)
+def port_bit(proto: int, port: int) -> int:
+    """The bit of a TCP (6) or UDP (17) port in ``rx_ports`` (mace.c's ``port_word``)."""
+    return (PORT_WORDS // 2 * 64 if proto == 17 else 0) + port
 
 
 def node_address_bit(family: int, addr: bytes) -> int:
