@@ -430,10 +430,21 @@ class NodeEngine(_Attached):
             self._write_maps(measurement)
             if not self._measurements:  # nothing learnt for the targets is needed any more
                 self._require_admission().clear_ports()
-                write_words(self._require()[b"udp_sock_bits"], {})
+                self._forget_udp_sockets()
             for flow in (measurement.out, measurement.inbound):
                 self._layouts.release(flow.spec)
             self._devices.release(measurement.dev_id)
+
+    def _forget_udp_sockets(self) -> None:
+        """Drop the notes of the sockets targets read, and their bits (a program without UDP's
+        receive side has neither). Both go: a later target's call on one of those sockets makes its
+        notes again and sets its bit with them."""
+        assert self.hooks is not None
+        if not self.hooks.udp:
+            return
+        bpf = self._require()
+        write_words(bpf[b"udp_sock_bits"], {})
+        bpf[b"udp_notes"].clear()
 
     def set_rate(self, probe: Probe, events_per_second: int) -> None:
         """Change a probe's stream budget (0: none)."""

@@ -3,6 +3,8 @@ routed or through a VXLAN overlay."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -115,3 +117,50 @@ def test_requests_sent_together_with_sendmmsg_are_each_measured(topology: Topolo
         assert call == sorted(call)
     assert all(egress[seq] + ingress[seq] < rtt[seq] for seq in sent)
     assert summary["out"]["count"] == summary["in"]["count"] == rounds * batch
+
+
+# Runs in the pod's namespace: a client whose replies arrive while it waits inside recvmsg (a blocking
+# socket, no timeout, as C clients read), so each reply is noted where the socket wakes it.
+BLOCKING_CLIENT = """
+import socket, sys, time
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+seq = 0
+while True:
+    seq += 1
+    sock.sendto(seq.to_bytes(8, "big") + bytes(56), (sys.argv[1], int(sys.argv[2])))
+    sock.recvmsg(65535)
+    time.sleep(0.02)
+"""
+
+# Runs in the node's namespace: a probe on the client until it measured 20 requests, removed (the node's
+# last: the engine forgets what it learnt for its targets), then the same probe again.
+AGAIN = """
+import json, sys, time
+from mace.grammar import parse
+from mace_agent.engine import NodeEngine, ProbeSpec
+text = sys.argv[1]
+counts = []
+with NodeEngine() as engine:
+    for _ in range(2):
+        probe = engine.add(ProbeSpec(parse(text)))
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and engine.snapshot(probe).counters["out_count"] < 20:
+            engine.poll(0.1)
+        counts.append({d: engine.snapshot(probe).counters[d + "_count"] for d in ("out", "in")})
+        engine.remove(probe)
+print(json.dumps(counts))
+"""
+
+
+def test_a_blocked_reader_is_measured_again_when_its_probe_comes_back(topology: Topology) -> None:
+    """Removing a node's last probe clears what the programs learnt about the targets' sockets;
+    the socket's notes may outlive that, and a probe added later on the same reader must still note
+    the replies that wake it."""
+    t = topology
+    TrafficProcess(t, t.remote.ns, "udp-server", "--bind", "::", "--port", str(PORT)).wait_ready()
+    client = t.popen(t.pod.ns, [sys.executable, "-c", BLOCKING_CLIENT, t.remote.ipv4, str(PORT)])
+    text = filter_text(t.uplink_ifindex, client.pid, ["udp_payload"], ["udp_payload"])
+    out = t.run(t.node, [sys.executable, "-c", AGAIN, text], timeout=90)
+    for counts in json.loads(out.strip().splitlines()[-1]):
+        # every request measured has had its reply, bar the one in flight
+        assert counts["out"] >= 20 and counts["in"] >= counts["out"] - 2, counts

@@ -152,6 +152,45 @@ def test_tcp_read_by_any_call_where_the_kernel_shows_the_socket_layer_return(nam
     assert summary["in"]["count"] == (count if recv_length_hook else count // 2)
 
 
+# A node's last probe is removed, then a probe comes back: what the engine clears for its targets
+# (their ports, their UDP sockets) must exist in every program variant, and be learnt again.
+LAST_PROBE_CHILD = textwrap.dedent("""
+    import json, os, socket, struct, sys
+    from mace.grammar import parse
+    from mace_agent.engine import NodeEngine, ProbeSpec
+    from mace_agent.hooks import KernelHooks
+    os.system("ip link set lo up")
+    flt = parse(f"dev-id: {socket.if_nametoindex('lo')} proc-id: {os.getpid()} "
+                "in: corr: tcp_seq info: tcp_seq out: corr: tcp_seq info: tcp_seq")
+    count, recv_length_hook = int(sys.argv[1]), sys.argv[2] == "yes"
+    with NodeEngine(hooks=KernelHooks(sock_recv_length=recv_length_hook)) as engine:
+        engine.remove(engine.add(ProbeSpec(flt)))
+        probe = engine.add(ProbeSpec(flt))
+        listener = socket.create_server(("127.0.0.1", 0))
+        client = socket.create_connection(listener.getsockname())
+        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        server, _ = listener.accept()
+        for seq in range(count):
+            client.send(struct.pack(">Q", seq))
+            assert len(server.recv(8)) == 8
+        print(json.dumps(engine.snapshot(probe).to_dict()))
+""")
+
+
+@pytest.mark.ebpf
+@pytest.mark.parametrize("recv_length_hook", [True, False], ids=["sock_recv_length", "without"])
+def test_a_probe_measures_after_the_nodes_last_probe_was_removed(namespace: str,
+                                                                 recv_length_hook: bool) -> None:
+    """Also on a kernel without sock_recv_length (simulated), whose program has no UDP notes to clear."""
+    count = 10
+    command = ["ip", "netns", "exec", namespace, sys.executable, "-c", LAST_PROBE_CHILD, str(count),
+               "yes" if recv_length_hook else "no"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    summary = json.loads(done.stdout)
+    assert summary["out"]["count"] == summary["in"]["count"] == count
+
+
 @pytest.fixture
 def namespace() -> Iterator[str]:
     name = f"mace-t{os.getpid()}-kernel"
