@@ -235,13 +235,13 @@ def profile_series(ctl: HookControl, client: Samples, series: Series, names: dic
     found: Record = {}
     with BpfStats():
         for config, name in names.items():
-            before = ctl.request("stats", name=name)
             ctl.attach(name, PROGRAMS[config][3])
+            before = ctl.request("stats", name=name)
             start = time.monotonic_ns()
-            time.sleep(max(1.0, series.seconds))  # the profiled window
+            time.sleep(max(1.0, series.seconds))  # the profiled window: every program attached
             end = time.monotonic_ns()
-            ctl.request("detach", name=name)
             after = ctl.request("stats", name=name)
+            ctl.request("detach", name=name)
             probes = sum(1 for _, rtt in client.between(start, end) if rtt != LOST)
             cost = program_cost(before, after)
             total_ns = sum(c["ns"] for c in cost.values())

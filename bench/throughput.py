@@ -298,13 +298,13 @@ def profile(ctl: HookControl, names: dict[str, str], rx_ns: str, seconds: float)
     found: Record = {}
     with BpfStats():
         for config, name in names.items():
-            before = ctl.request("stats", name=name)
             ctl.attach(name, False)
+            before = ctl.request("stats", name=name)
             first = sample(rx_ns, "eth0", False, [])
-            time.sleep(seconds)  # the profiled window
+            time.sleep(seconds)  # the profiled window: every program attached
             last = sample(rx_ns, "eth0", False, [])
-            ctl.request("detach", name=name)
             cost = program_cost(before, ctl.request("stats", name=name))
+            ctl.request("detach", name=name)
             packets = last["rx_packets"] - first["rx_packets"]
             total_ns = sum(c["ns"] for c in cost.values())
             found[config] = {
