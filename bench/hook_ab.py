@@ -14,16 +14,17 @@ is attached in turn for a window of ``--seconds``, in rounds, with ``kernel.bpf_
            runs with the caches as a sparse workload leaves them, as in the RTT bench
 
 A build is a git revision, checked out in a temporary worktree, or ``.``, this checkout's working
-tree. Each build is loaded ``--instances`` times: two loads of one build differ by up to about 20 ns
-per run in some programs (most likely where their maps and programs land in memory), so a difference
-that holds across the loads is the build's. Per program and load: the median ns per run over rounds
-(with the range), and runs per received packet; per load, the median time in all programs per
-datagram sent (flood: per call of the flood's ``sendto``, since the received rate
-depends on how many the receiver drops, the sent one on the sender's cost) or per round trip (rr:
-per reply the client got), counted while every program is attached.
+tree. Each build is loaded ``--instances`` times, and the loads take their windows in a fresh random
+order each round (``--seed``): two loads of one build differ by up to about 20 ns per run in some
+programs (most likely where their maps and programs land in memory), so a difference that holds
+across the loads is the build's. Per program and load: the median ns per run over rounds (with the
+range), and runs per received packet; per load, the median time in all programs per datagram sent
+(flood: per call of the flood's ``sendto``, since the received rate depends on how many the receiver
+drops, the sent one on the sender's cost) or per round trip (rr: per reply the client got), counted
+while every program is attached.
 
 Run: sudo .venv/bin/python bench/hook_ab.py BEFORE [AFTER] [--traffic flood|rr]
-         [--direction egress|ingress] [--rate R] [--rounds N] [--seconds S] [--instances K]
+         [--direction egress|ingress] [--rate R] [--rounds N] [--seconds S] [--instances K] [--seed S]
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import subprocess
 import sys
 import tempfile
@@ -150,8 +152,11 @@ def run(t: Topology, builds: dict[str, dict[str, str] | None], args: argparse.Na
     windows: dict[str, list[Record]] = {f"{build}#{i}": [] for build, i in loads}
     try:
         with BpfStats():
+            rng = random.Random(args.seed)
             for _ in range(args.rounds):
-                for (build, i), control in controls.items():
+                order = list(controls.items())
+                rng.shuffle(order)  # a fresh order each round: no load always follows the same one
+                for (build, i), control in order:
                     control.attach("engine", False)
                     time.sleep(GUARD_S)  # let the queues settle after attaching; not counted
                     before = control.request("stats", name="engine")
@@ -219,6 +224,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one window")
     parser.add_argument("--instances", type=int, default=2, help="loads of each build")
+    parser.add_argument("--seed", type=int, default=1, help="seed of the windows' order")
     parser.add_argument("--out", type=Path, default=RESULTS / "hook_ab.json")
     args = parser.parse_args()
     require_root()
