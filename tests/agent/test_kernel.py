@@ -111,29 +111,45 @@ LOOPBACK_CHILD = textwrap.dedent("""
 """)
 
 
-TCP_READERS_CHILD = textwrap.dedent("""
+# Measures this process's TCP over loopback (argv: segments, "yes" or "no" for sock_recv_length,
+# "again" to add and remove a probe first, so that the measured one follows the node's last, and
+# "read" to read every other segment with read() instead of recv()).
+TCP_CHILD = textwrap.dedent("""
     import json, os, socket, struct, sys
     from mace.grammar import parse
-    from mace_agent.hooks import KernelHooks
     from mace_agent.config import EngineConfig
-    from mace_agent.engine import Engine
+    from mace_agent.engine import NodeEngine, ProbeSpec
+    from mace_agent.hooks import KernelHooks
     os.system("ip link set lo up")
     flt = parse(f"dev-id: {socket.if_nametoindex('lo')} proc-id: {os.getpid()} "
                 "in: corr: tcp_seq info: tcp_seq out: corr: tcp_seq info: tcp_seq")
     count, recv_length_hook = int(sys.argv[1]), sys.argv[2] == "yes"
+    again, read_too = "again" in sys.argv[3:], "read" in sys.argv[3:]
     hooks = KernelHooks(sock_recv_length=recv_length_hook)
-    with Engine(flt, EngineConfig(map_entries=256), hooks) as engine:
+    with NodeEngine(EngineConfig(map_entries=256), hooks) as engine:
+        if again:
+            engine.remove(engine.add(ProbeSpec(flt)))
+        probe = engine.add(ProbeSpec(flt))
         listener = socket.create_server(("127.0.0.1", 0))
         client = socket.create_connection(listener.getsockname())
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         server, _ = listener.accept()
         for seq in range(count):
             client.send(struct.pack(">Q", seq))
-            data = server.recv(8) if seq % 2 == 0 else os.read(server.fileno(), 8)
+            data = os.read(server.fileno(), 8) if read_too and seq % 2 else server.recv(8)
             assert len(data) == 8, data
-        summary = engine.snapshot().to_dict()
+        summary = engine.snapshot(probe).to_dict()
     print(json.dumps(summary))
 """)
+
+
+def tcp_summary(namespace: str, count: int, recv_length_hook: bool, *options: str) -> Any:
+    """The summary of TCP_CHILD run in ``namespace`` (``options``: "again", "read")."""
+    command = ["ip", "netns", "exec", namespace, sys.executable, "-c", TCP_CHILD, str(count),
+               "yes" if recv_length_hook else "no", *options]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 @pytest.mark.ebpf
@@ -143,51 +159,20 @@ def test_tcp_read_by_any_call_where_the_kernel_shows_the_socket_layer_return(nam
     """With sock_recv_length, data read by read() is measured like data read by recv(); a kernel
     without that tracepoint (simulated here) still measures what recv() reads."""
     count = 10
-    command = ["ip", "netns", "exec", namespace, sys.executable, "-c", TCP_READERS_CHILD, str(count),
-               "yes" if recv_length_hook else "no"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    summary = tcp_summary(namespace, count, recv_length_hook, "read")
     assert summary["out"]["count"] == count
     assert summary["in"]["count"] == (count if recv_length_hook else count // 2)
-
-
-# A node's last probe is removed, then a probe comes back: what the engine clears for its targets
-# (their ports, their UDP sockets) must exist in every program variant, and be learnt again.
-LAST_PROBE_CHILD = textwrap.dedent("""
-    import json, os, socket, struct, sys
-    from mace.grammar import parse
-    from mace_agent.engine import NodeEngine, ProbeSpec
-    from mace_agent.hooks import KernelHooks
-    os.system("ip link set lo up")
-    flt = parse(f"dev-id: {socket.if_nametoindex('lo')} proc-id: {os.getpid()} "
-                "in: corr: tcp_seq info: tcp_seq out: corr: tcp_seq info: tcp_seq")
-    count, recv_length_hook = int(sys.argv[1]), sys.argv[2] == "yes"
-    with NodeEngine(hooks=KernelHooks(sock_recv_length=recv_length_hook)) as engine:
-        engine.remove(engine.add(ProbeSpec(flt)))
-        probe = engine.add(ProbeSpec(flt))
-        listener = socket.create_server(("127.0.0.1", 0))
-        client = socket.create_connection(listener.getsockname())
-        client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        server, _ = listener.accept()
-        for seq in range(count):
-            client.send(struct.pack(">Q", seq))
-            assert len(server.recv(8)) == 8
-        print(json.dumps(engine.snapshot(probe).to_dict()))
-""")
 
 
 @pytest.mark.ebpf
 @pytest.mark.parametrize("recv_length_hook", [True, False], ids=["sock_recv_length", "without"])
 def test_a_probe_measures_after_the_nodes_last_probe_was_removed(namespace: str,
                                                                  recv_length_hook: bool) -> None:
-    """Also on a kernel without sock_recv_length (simulated), whose program has no UDP notes to clear."""
+    """What the engine clears when a node's last probe goes (its targets' ports and UDP sockets) must
+    exist in every program variant, also on a kernel without sock_recv_length (simulated), whose
+    program has no UDP notes; a later probe learns it again."""
     count = 10
-    command = ["ip", "netns", "exec", namespace, sys.executable, "-c", LAST_PROBE_CHILD, str(count),
-               "yes" if recv_length_hook else "no"]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
-    assert done.returncode == 0, done.stderr
-    summary = json.loads(done.stdout)
+    summary = tcp_summary(namespace, count, recv_length_hook, "again")
     assert summary["out"]["count"] == summary["in"]["count"] == count
 
 
