@@ -66,7 +66,7 @@ struct pkt {
 struct probe_hist { u64 b[2 * HIST_BUCKETS]; };
 /* A pending packet found at an outer device's start_xmit: its way (hash, ts, way) is taken at
  * net_dev_xmit without hashing its id again. */
-struct tx_hit { struct corr_key key; struct tx_val value; u64 ts; u64 hash; u32 way; u32 pad; u8 info[INFO_BYTES]; };
+struct tx_hit { struct tx_val value; u64 ts; u64 hash; u32 way; u32 pad; u8 info[INFO_BYTES]; };
 struct tx_stash { u64 skb; u64 dev; u32 n; u32 pad; struct tx_hit hit[STASH_HITS]; };
 struct rx_slot { u64 ts; u16 slot; u16 pad[3]; u8 info[INFO_BYTES]; };
 /* A thread's copy of its target's entry, found under key; current while the target filter's
@@ -967,15 +967,16 @@ RAW_TRACEPOINT_PROBE(net_dev_start_xmit)
     for (u32 i = 0; i < DEV_LAYOUTS; i++) {
         if (i >= d->n_out || n >= STASH_HITS)
             break;
-        struct tx_hit *hit = &stash->hit[n & (STASH_HITS - 1)];
-        const struct flow_layout *l = key_for(p, d->out_layouts[i], d->slot, &hit->key);
+        struct corr_key key;
+        const struct flow_layout *l = key_for(p, d->out_layouts[i], d->slot, &key);
         if (!l)
             continue;
         struct tx_set *set;
-        int way = tx_pending_find(&hit->key, now, &set);
+        int way = tx_pending_find(&key, now, &set);
         if (way < 0)
             continue;
         way &= PENDING_WAYS - 1;
+        struct tx_hit *hit = &stash->hit[n & (STASH_HITS - 1)];
         __builtin_memcpy(&hit->value, &set->way[way].value, sizeof(hit->value));
         hit->ts = set->ts[way];
         hit->hash = set->hash[way];
@@ -1006,8 +1007,7 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
         if (h >= stash->n)
             break;
         struct tx_hit *hit = &stash->hit[h];
-        u32 index = hit->hash % PENDING_SETS;
-        struct tx_set *set = tx_pending.lookup(&index);
+        struct tx_set *set = tx_pending_set_of(hit->hash);
         u32 way = hit->way & (PENDING_WAYS - 1);
         if (!set || set->hash[way] != hit->hash || set->ts[way] != hit->ts)  /* taken or replaced since */
             continue;
