@@ -301,6 +301,14 @@ def udp_rr_binary() -> Path:
     return c_binary("udp_rr")
 
 
+def udp_rr_server(topology: Topology, ns: str, port: int) -> Child:
+    """bench/udp_rr.c's echo server in ``ns`` on ``port``, once it says it is bound."""
+    server = Child(topology, ns, [str(udp_rr_binary()), "server", str(port)])
+    server.wait_until(lambda: any(isinstance(line, dict) and line.get("ready") for line in server.lines),
+                      20, "the echo server's ready line")
+    return server
+
+
 def idle_process(topology: Topology, ns: str) -> subprocess.Popen[Any]:
     """A process that sleeps in ``ns`` (a PID that sends nothing: the non-matching filter's target)."""
     return topology.popen(ns, ["sleep", "100000"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)

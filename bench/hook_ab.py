@@ -52,13 +52,14 @@ from benchlib import (
     program_cost,
     require_root,
     udp_rr_binary,
+    udp_rr_server,
     write_results,
 )
 from rtt_overhead import PORT as RR_PORT
 from rtt_overhead import parse_udp
 from throughput import ECHO_PORT, FIELDS, GUARD_S, SINK_PORT, sample
 
-from mace_lab.processes import Child, TrafficProcess, filter_text
+from mace_lab.processes import TrafficProcess, filter_text
 from mace_lab.topology import Topology
 
 WORKING_TREE = "."
@@ -116,10 +117,7 @@ class RequestResponse:
     """udp_rr's client in the pod at ``rate`` round trips/s; the probe names the client."""
 
     def __init__(self, t: Topology, rate: float) -> None:
-        self.server = Child(t, t.remote.ns, [str(udp_rr_binary()), "server", str(RR_PORT)])
-        self.server.wait_until(
-            lambda: any(isinstance(line, dict) and line.get("ready") for line in self.server.lines),
-            20, "the echo server's ready line")
+        self.server = udp_rr_server(t, t.remote.ns, RR_PORT)
         argv = [str(udp_rr_binary()), "client", t.remote.ipv4, str(RR_PORT), f"{rate:g}"]
         self.client = Samples(t, t.pod.ns, argv, parse_udp)
         self.filter = filter_text(t.uplink_ifindex, self.client.pid, ["udp_payload"], ["udp_payload"])

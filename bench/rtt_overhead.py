@@ -68,6 +68,7 @@ from benchlib import (
     svg_intervals,
     tracing_programs,
     udp_rr_binary,
+    udp_rr_server,
     write_results,
 )
 
@@ -431,9 +432,7 @@ def main() -> int:
     info = machine() | {"tracing_programs_before": tracing_programs()}
     results: dict[str, Record] = {}
     with Topology(prefix=f"mace-tb{random.randrange(1 << 16):04x}") as t:
-        server = Child(t, t.remote.ns, [str(udp_rr_binary()), "server", str(PORT)])
-        server.wait_until(lambda: any(isinstance(line, dict) and line.get("ready") for line in server.lines),
-                          20, "the echo server's ready line")
+        udp_rr_server(t, t.remote.ns, PORT)
         idle = idle_process(t, t.pod.ns)
         ctl = HookControl(t, t.node)
         try:
