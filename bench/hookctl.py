@@ -10,8 +10,10 @@ One JSON command per line on stdin, one JSON reply per line on stdout (``{"ok": 
     kinds (tracepoints for system calls, raw tracepoints for the rest); empty-syscalls and
     empty-net: the same on only the system-call hooks, or only the others; empty-rawsys: raw
     tracepoints on every system call's entry and exit instead of the system-call hooks (an
-    experiment, not an engine design: see docs/benchmarks.md); engine: the engine
-    itself (:class:`mace_agent.engine.Engine`) for TEXT. Loaded detached; replies ``seconds``.
+    experiment, not an engine design: see docs/benchmarks.md); least-work: bench/least_work.c (the
+    least work that measures the named client's UDP round trips: a bound, not a design) on its hooks
+    and empty programs on the engine's others; engine: the engine itself
+    (:class:`mace_agent.engine.Engine`) for TEXT. Loaded detached; replies ``seconds``.
 ``{"op": "attach", "name": N, "stream": bool}``
     Attach N; an engine also gets its output mode and a reader thread running the CLI's loop
     (``poll(0.2)``, each event written as a JSON line, here to /dev/null).
@@ -26,17 +28,21 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from benchlib import program_stats
 from mace_agent import kernel
+from mace_agent.btf import BTF
 from mace_agent.config import EngineConfig
 from mace_agent.engine import Engine
 from mace_agent.hooks import KernelHooks
+from mace_agent.offsets import KernelOffsets
 
 from mace.grammar import parse
 
@@ -49,6 +55,17 @@ EMPTY_KINDS: dict[str, Callable[[tuple[str, ...]], tuple[str, ...]]] = {
     "empty-rawsys": lambda hooks: ("raw_syscalls:sys_enter", "raw_syscalls:sys_exit"),
 }
 """The hooks each kind of empty program set takes, given the engine's for the filter."""
+LEAST_WORK = Path(__file__).with_name("least_work.c")
+_PROBE_EVENT = re.compile(r"^(?:RAW_)?TRACEPOINT_PROBE\((?:\w+, )?(\w+)\)", re.M)
+
+
+def least_work_program(hooks: tuple[str, ...]) -> str:
+    """C text of bench/least_work.c with the kernel's offsets, and empty programs on the rest of ``hooks``."""
+    source = LEAST_WORK.read_text()
+    own = set(_PROBE_EVENT.findall(source))
+    defines = KernelOffsets.from_btf(BTF.load()).defines()
+    prelude = "".join(f"#define {name} {value}\n" for name, value in defines.items())
+    return prelude + source + empty_program(tuple(h for h in hooks if h.split(":", 1)[1] not in own))
 
 
 def empty_program(hooks: tuple[str, ...]) -> str:
@@ -104,6 +121,7 @@ class Loaded:
 
     def __init__(self, kind: str, text: str) -> None:
         flt = parse(text)
+        self.kind = kind
         self.engine: Engine | None = None
         if kind in EMPTY_KINDS:
             kernel.prepare()
@@ -112,6 +130,16 @@ class Loaded:
             # the engine's hooks on this kernel (as NodeEngine.start picks them)
             engine_hooks = KernelHooks.detect(kernel.tracepoint_exists).tracepoints()
             self.programs = Programs(BPF(text=empty_program(EMPTY_KINDS[kind](engine_hooks)).encode()))
+        elif kind == "least-work":
+            kernel.prepare()
+            from bcc import BPF
+
+            engine_hooks = KernelHooks.detect(kernel.tracepoint_exists).tracepoints()
+            bpf = BPF(text=least_work_program(engine_hooks).encode())
+            conf = bpf["conf"]
+            for index, value in enumerate((flt.proc_id, flt.dev_id, os.stat("/proc/self/ns/net").st_ino)):
+                conf[conf.Key(index)] = conf.Leaf(value)
+            self.programs = Programs(bpf)
         elif kind == "engine":
             self.engine = Engine(flt, EngineConfig(stream=False))
             self.engine.start()
@@ -145,6 +173,11 @@ class Loaded:
             self._reader.join()
             self._reader = None
         self.programs.detach()
+        if self.kind == "least-work":  # its histograms (egress buckets, then ingress) and sums
+            counts = [leaf.value for leaf in self.programs.bpf["hist"].values()]
+            out_sum, in_sum = (leaf.value for leaf in self.programs.bpf["sums"].values())
+            return {"counters": {"out_count": sum(counts[:64]), "out_sum": out_sum,
+                                 "in_count": sum(counts[64:]), "in_sum": in_sum}}
         if self.engine is None:
             return {}
         snap = self.engine.snapshot()

@@ -25,10 +25,12 @@ configuration the median RTT of the probes sent in its window is compared with t
 no-agent window; the figure is the median of these paired differences over rounds, with a 95%
 bootstrap interval. A final phase at 1000 probes/s, with kernel.bpf_stats_enabled=1 (restored
 after), reads each program's run count and run time to show where the cost is. --experiment adds
-the empty programs split into the system-call tracepoints and the other (raw) tracepoints, and empty
-raw tracepoints on every system call in place of the system-call tracepoints (empty-rawsys);
---configs runs only the configurations it names (and none). Without tcpdump installed, its
-configuration is skipped with a message.
+the empty programs split into the system-call tracepoints and the other (raw) tracepoints, empty
+raw tracepoints on every system call in place of the system-call tracepoints (empty-rawsys), and
+bench/least_work.c, the least work that measures the client's round trips (a bound, not a design),
+naming the client (least-work) or the idle process (least-work-nonmatch); --configs runs only the
+configurations it names (and none). Without tcpdump installed, its configuration is skipped with a
+message.
 
 Run: sudo .venv/bin/python bench/rtt_overhead.py [--rounds N] [--workloads udp,ping] [--rates 1000,5]
      [--experiment | --configs empty-syscalls,empty-rawsys,...]
@@ -78,7 +80,7 @@ from mace_lab.topology import Topology
 CONFIGS = ("none", "empty", "nonmatch", "match-stream", "match-hist", "tcpdump")
 PEERS = ("tcpdump",)
 """Configurations that are other tools, not program sets of hookctl."""
-EXPERIMENTS = ("empty-syscalls", "empty-net", "empty-rawsys")
+EXPERIMENTS = ("empty-syscalls", "empty-net", "empty-rawsys", "least-work", "least-work-nonmatch")
 PROGRAMS = {
     # configuration: (program set, hookctl kind, whose PID the filter names, stream on)
     "empty": ("empty", "empty", "client", False),
@@ -88,6 +90,8 @@ PROGRAMS = {
     "empty-syscalls": ("empty-syscalls", "empty-syscalls", "client", False),
     "empty-net": ("empty-net", "empty-net", "client", False),
     "empty-rawsys": ("empty-rawsys", "empty-rawsys", "client", False),
+    "least-work": ("least-work", "least-work", "client", False),
+    "least-work-nonmatch": ("least-work-idle", "least-work", "idle", False),
 }
 PORT = 7101
 GUARD_S = 0.1
@@ -283,7 +287,7 @@ def analyse(series: Series, raw: Record, rng: random.Random) -> Record:
             "lost": lost[config],
             "rtt_us": {f"p{int(q * 100)}": round(quantile(pooled, q) / 1e3, 2) for q in (0.5, 0.9, 0.99)},
         }
-        if config.startswith("match"):
+        if config.startswith(("match", "least-work")):
             entry["engine_measured"] = matched[config]
         if config == "tcpdump":
             counts: defaultdict[str, Counter[str]] = defaultdict(Counter)
@@ -400,7 +404,8 @@ def main() -> int:
         "--experiment",
         action="store_true",
         help="also run experiments: empty programs on only the system-call hooks, or only the others, "
-        "or raw tracepoints on every system call instead",
+        "or raw tracepoints on every system call instead; and bench/least_work.c, the least work that "
+        "measures the round trips (a bound)",
     )
     parser.add_argument("--configs", default="", help="comma-separated configurations to run instead")
     parser.add_argument("--seed", type=int, default=1)

@@ -18,7 +18,9 @@ it needs the device in its own namespace; tracefs and debugfs are mounted in the
 ``ip netns exec`` gives it), compiled against the agent's kernel header tree
 (BCC_KERNEL_SOURCE=mace_agent.kernel.kernel_headers()); it is started for each of its windows and
 the window begins only after its first report (so it has compiled and attached), and it is ended by
-PID after the window. What it counted is kept per window (its report's packets/s): its device-name
+PID after the window. --experiment adds least-work: bench/least_work.c, the least work that measures
+the flood's packets (a bound, not a design; see bench/hookctl.py), with the matching filter's process.
+What it counted is kept per window (its report's packets/s): its device-name
 filter reads struct net_device through those headers, so on a kernel other than theirs it may count
 nothing while still running its programs on every packet. Without netqtop (or headers) that
 configuration is skipped with a message. Loss is the
@@ -32,6 +34,7 @@ the time spent in each program per received packet (on both sides of the path, a
 traffic through the same hooks).
 
 Run: sudo .venv/bin/python bench/throughput.py [--rounds N] [--seconds S] [--directions egress,ingress]
+     [--experiment]
 """
 
 from __future__ import annotations
@@ -70,6 +73,7 @@ from mace_lab.processes import TrafficProcess, filter_text
 from mace_lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "match", "netqtop")
+EXPERIMENTS = ("least-work",)
 NETQTOP = Path("/usr/sbin/netqtop-bpfcc")
 NETQTOP_INTERVAL_S = 1.0
 NETQTOP_READY_S = 90.0
@@ -233,21 +237,20 @@ def run_direction(
     rx_ns = sink_ns
     with_mib = direction == "ingress"
     cpu_pids = [flood.pid, *ksoftirqd_pids()]
-    names = {
-        "empty": f"{direction}:empty",
-        "nonmatch": f"{direction}:nonmatch",
-        "match": f"{direction}:match",
-    }
     match = filter_text(t.uplink_ifindex, matched_pid, FIELDS, FIELDS)
+    program_sets = {
+        "empty": ("empty", match),
+        "match": ("engine", match),
+        "nonmatch": ("engine", filter_text(t.uplink_ifindex, idle_pid, FIELDS, FIELDS)),
+        "least-work": ("least-work", match),
+    }
+    names = {config: f"{direction}:{config}" for config in program_sets if config in configs}
     loads = {}
-    for config, kind, text in (
-        ("empty", "empty", match),
-        ("match", "engine", match),
-        ("nonmatch", "engine", filter_text(t.uplink_ifindex, idle_pid, FIELDS, FIELDS)),
-    ):
-        loads[config] = ctl.request("load", name=names[config], kind=kind, filter=text)["seconds"]
+    for config, set_name in names.items():
+        kind, text = program_sets[config]
+        loads[config] = ctl.request("load", name=set_name, kind=kind, filter=text)["seconds"]
     windows = []
-    matched_so_far = 0
+    matched_so_far: dict[str, int] = {}
     for round_no in range(rounds):
         order = list(configs)
         rng.shuffle(order)
@@ -271,10 +274,10 @@ def run_direction(
                 window["read_pps"] = rate(first, last, "in_datagrams")
             if name is not None:
                 reply = ctl.request("detach", name=name)
-                if config == "match":
+                if config in ("match", "least-work"):
                     counted = reply["counters"]["out_count"] + reply["counters"]["in_count"]
-                    window["engine_measured"] = counted - matched_so_far
-                    matched_so_far = counted
+                    window["engine_measured"] = counted - matched_so_far.get(config, 0)
+                    matched_so_far[config] = counted
             if peer is not None:
                 peer.kill()
                 window["netqtop_start_s"] = round(peer_start_s, 2)
@@ -358,7 +361,7 @@ def analyse(raw: Record, rng: random.Random) -> Record:
         }
         if "read_pps" in windows[0]:
             entry["read_pps_median"] = round(median([w["read_pps"] for w in windows]))
-        if config == "match":
+        if config in ("match", "least-work"):
             entry["engine_measured_per_window"] = [w.get("engine_measured") for w in windows]
         if config == "netqtop":
             reports = [r for w in windows for r in w["netqtop_reports_pps"]]
@@ -399,7 +402,7 @@ def _against(mine: float, peer: float, what: str) -> str:
 
 def report(results: dict[str, Record]) -> list[str]:
     lines = [
-        f"{'direction':<9} {'config':<9} {'rx pps':>7} {'rx loss % [95% CI]':<22} {'CPU ns/pkt':>10} "
+        f"{'direction':<9} {'config':<10} {'rx pps':>7} {'rx loss % [95% CI]':<22} {'CPU ns/pkt':>10} "
         f"{'loss % at equal CPU':<22} {'prog ns/pkt':>11}  target (< {TARGET_PCT:g}%)"
     ]
     for direction, res in results.items():
@@ -407,7 +410,7 @@ def report(results: dict[str, Record]) -> list[str]:
         for config, entry in res["configs"].items():
             cpu_loss = entry.get("cpu_loss_pct")
             verdict = ""
-            if cpu_loss and config in ("nonmatch", "match"):
+            if cpu_loss and config in ("nonmatch", "match", *EXPERIMENTS):
                 rx_ok = entry["rx_loss_pct"]["median"] < TARGET_PCT
                 cpu_ok = cpu_loss["median"] < TARGET_PCT
                 verdict = f"rx {'met' if rx_ok else 'MISSED'}, at equal CPU {'met' if cpu_ok else 'MISSED'}"
@@ -418,7 +421,7 @@ def report(results: dict[str, Record]) -> list[str]:
             rx_loss = _interval(entry.get("rx_loss_pct"))
             programs = f"{entry.get('program_ns_per_packet', ''):>11}"
             lines.append(
-                f"{direction:<9} {config:<9} {entry['rx_pps_median']:>7} {rx_loss:<22} "
+                f"{direction:<9} {config:<10} {entry['rx_pps_median']:>7} {rx_loss:<22} "
                 f"{entry['cpu_ns_per_packet_median']:>10} {_interval(cpu_loss):<22} {programs}  {verdict}"
             )
             if "netqtop_counted_pps_median" in entry:
@@ -460,6 +463,8 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=0.6, help="window length")
     parser.add_argument("--directions", default="egress,ingress", help="comma-separated: egress, ingress")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--experiment", action="store_true",
+                        help="also run least-work, the least work that measures the flood (a bound)")
     parser.add_argument("--out", type=Path, default=RESULTS / "throughput.json")
     parser.add_argument("--plot", type=Path, default=IMAGES / "throughput.svg")
     args = parser.parse_args()
@@ -473,10 +478,10 @@ def main() -> int:
     began = time.monotonic()
     info = machine() | {"tracing_programs_before": tracing_programs()}
     netqtop, how = netqtop_env()
-    configs: tuple[str, ...] = CONFIGS
+    configs: tuple[str, ...] = (*CONFIGS, *EXPERIMENTS) if args.experiment else CONFIGS
     if netqtop is None:
         print(f"throughput: skipping the netqtop configuration: {how}", file=sys.stderr, flush=True)
-        configs = tuple(c for c in CONFIGS if c != "netqtop")
+        configs = tuple(c for c in configs if c != "netqtop")
         info["netqtop"] = {"skipped": how}
     else:
         info["netqtop"] = {"command": how, "interval_s": NETQTOP_INTERVAL_S}
