@@ -18,9 +18,7 @@ it needs the device in its own namespace; tracefs and debugfs are mounted in the
 ``ip netns exec`` gives it), compiled against the agent's kernel header tree
 (BCC_KERNEL_SOURCE=mace_agent.kernel.kernel_headers()); it is started for each of its windows and
 the window begins only after its first report (so it has compiled and attached), and it is ended by
-PID after the window. --experiment adds least-work: bench/least_work.c, the least work that measures
-the flood's packets (a bound, not a design; see bench/hookctl.py), with the matching filter's process.
-What it counted is kept per window (its report's packets/s): its device-name
+PID after the window. What it counted is kept per window (its report's packets/s): its device-name
 filter reads struct net_device through those headers, so on a kernel other than theirs it may count
 nothing while still running its programs on every packet. Without netqtop (or headers) that
 configuration is skipped with a message. Loss is the
@@ -31,7 +29,9 @@ from the sending side's CPU time per received packet (the flood process plus kso
 which other processes taking the CPU away during a window do not disturb. A last window per program
 set (netqtop's included, read with bpftool), with kernel.bpf_stats_enabled=1 (restored after), gives
 the time spent in each program per received packet (on both sides of the path, and including other
-traffic through the same hooks).
+traffic through the same hooks). --experiment adds least-work: bench/least_work.c, the least work that
+measures the flood's packets (a bound, not a design; see bench/hookctl.py), naming the matching
+filter's process.
 
 Run: sudo .venv/bin/python bench/throughput.py [--rounds N] [--seconds S] [--directions egress,ingress]
      [--experiment]
