@@ -1463,6 +1463,14 @@ static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret
     if (best < UDP_NOTES) {
         best &= UDP_NOTES - 1;
         u64 ids = __sync_lock_test_and_set(&notes->ids[best], 0);
+        /* A datagram noted twice at once (where it was queued, and at a reader's call on another
+         * CPU) has a second note: drop it too, since a later datagram may get this one's address
+         * and would then be taken for noted already. */
+        u64 skb = notes->skb[best];
+        for (u32 i = 0; i < UDP_NOTES; i++) {
+            if (i != best && notes->skb[i] == skb)
+                notes->ids[i] = 0;
+        }
         for (u32 g = 0; g < TARGET_GROUPS; g++) {
             if (g >= notes->n_groups)
                 break;

@@ -486,7 +486,7 @@ class NodeEngine(_Attached):
     def _write_device(self, ifindex: int) -> None:
         """Write (or delete) a device's entry from the measurements that use it; the device hooks
         go back to reading ifindexes until the next sweep learns every device's address again."""
-        self._require()[b"known_devices"][ctypes.c_uint32(0)] = layout.KnownDevicesC()
+        self._write_known_devices(layout.KnownDevicesC())
         self._devices_known = False
         table = self._require()[b"devices"]
         users = [m for m in self._measurements.values() if m.dev_id == ifindex]
@@ -596,8 +596,24 @@ class NodeEngine(_Attached):
         value = layout.KnownDevicesC(ready=1, n=len(entries))
         for i, entry in enumerate(entries):
             value.dev[i], value.entry[i] = entry.seen, layout.DeviceC.from_buffer_copy(entry)
-        bpf[b"known_devices"][ctypes.c_uint32(0)] = value
+        self._write_known_devices(value)
         self._devices_known = True
+
+    def _write_known_devices(self, value: layout.KnownDevicesC) -> None:
+        """Write known_devices so that no device hook reads a half-written value as ready: an update
+        copies the value while the hooks read it, so each write changes the ``ready`` flag alone or
+        leaves it off (ready is withdrawn first, and set last)."""
+        table = self._require()[b"known_devices"]
+        key = ctypes.c_uint32(0)
+        current = table[key]
+        if current.ready:
+            current.ready = 0
+            table[key] = current
+        ready, value.ready = value.ready, 0
+        table[key] = value
+        if ready:
+            value.ready = ready
+            table[key] = value
 
     def _raw(self, measurements: tuple[Measurement, ...]) -> dict[str, Any]:
         """The summed counters and histograms of a probe's measurements now (what its baseline and
