@@ -1020,9 +1020,21 @@ RAW_TRACEPOINT_PROBE(net_dev_xmit)
 
 /* ---- ingress ---- */
 
+#if UDP_CLAIM
+/* Per CPU, the last packet netif_receive_skb handed up (any device): a local datagram is queued on
+ * its socket within that same call, so sk_data_ready finds it here. */
+BPF_PERCPU_ARRAY(rx_delivering, u64, 1);
+#endif
+
 RAW_TRACEPOINT_PROBE(netif_receive_skb)
 {
     const u8 *skb = (const u8 *)ctx->args[0];
+#if UDP_CLAIM
+    u32 zero = 0;
+    u64 *delivering = rx_delivering.lookup(&zero);
+    if (delivering)
+        *delivering = (u64)skb;
+#endif
     u64 dev = 0;
     if (bpf_probe_read_kernel(&dev, sizeof(dev), skb + OFF_SKB_DEV))
         return 0;
@@ -1277,8 +1289,9 @@ static __always_inline u64 udp_head(u64 sk)
     return head ? head : queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
 }
 
-/* Note datagram skb in a socket's notes (once: a datagram noted and not yet taken is skipped). */
-static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which)
+/* Note datagram skb in a socket's notes (once: a datagram noted and not yet taken is skipped), if it
+ * goes to local port port (host order; 0: whatever its port). */
+static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which, u16 port)
 {
     if (!skb)
         return;
@@ -1288,7 +1301,7 @@ static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which
     }
     struct pkt *p = pkt_buffer(which);
     if (!p || parse_skb((const u8 *)skb, p, L2_IF(notes->reads_l2, READS_L2_IN)) || p->proto != IPPROTO_UDP_
-        || !has_ports(p))
+        || !has_ports(p) || (port && l4_u16(p, 2) != port))
         return;
     u32 udp_len = l4_u16(p, 4);
     u64 seq = __sync_fetch_and_add(&notes->next, 1);
@@ -1386,10 +1399,14 @@ static __always_inline void udp_call_begins(struct rx_batch *batch, const struct
         return;
     udp_groups(notes, t);
     batch->sk = sk;
-    udp_note(notes, udp_head(sk), AT_RECV_CALL);
+    udp_note(notes, udp_head(sk), AT_RECV_CALL, 0);
 }
 
-/* Runs wherever a datagram is queued on a socket whose readers sleep or poll. */
+/* Runs wherever a datagram is queued on a socket whose readers sleep or poll, after the queue's lock
+ * is released: the queue's tail may by then be a datagram queued after it on another CPU, or the
+ * queue may be empty again (a reader not yet asleep took the datagram). The datagram being delivered
+ * is the one the innermost netif_receive_skb of this CPU handed up (rx_delivering), so that one is
+ * noted too, if it goes to the socket's port. */
 RAW_TRACEPOINT_PROBE(sk_data_ready)
 {
     u64 sk = ctx->args[0];
@@ -1398,8 +1415,16 @@ RAW_TRACEPOINT_PROBE(sk_data_ready)
     if (!word || !(*word & bit))
         return 0;
     struct udp_notes *notes = udp_notes.lookup(&sk);
-    if (notes)
-        udp_note(notes, read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV), AT_DATA_READY);
+    if (!notes)
+        return 0;
+    u64 tail = read_ptr(sk + OFF_SOCK_RECEIVE_QUEUE_PREV);
+    udp_note(notes, tail, AT_DATA_READY, 0);
+    u32 zero = 0;
+    u64 *delivering = rx_delivering.lookup(&zero);
+    u16 port = 0;
+    if (delivering && *delivering && *delivering != tail
+        && !bpf_probe_read_kernel(&port, sizeof(port), (const void *)(sk + OFF_SOCK_NUM)) && port)
+        udp_note(notes, *delivering, AT_DATA_READY, port);
     return 0;
 }
 
@@ -1478,7 +1503,7 @@ static __always_inline void udp_returned(struct rx_batch *batch, u64 sk, int ret
                 rx_take(batch, &notes->key[best][g], &notes->groups[g], now);
         }
     }
-    udp_note(notes, udp_head(sk), AT_RECV_RETURN);
+    udp_note(notes, udp_head(sk), AT_RECV_RETURN, 0);
 }
 #endif
 
