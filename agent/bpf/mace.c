@@ -1289,8 +1289,8 @@ static __always_inline u64 udp_head(u64 sk)
     return head ? head : queue_head(sk, OFF_SOCK_RECEIVE_QUEUE_QLEN, OFF_SOCK_RECEIVE_QUEUE_NEXT);
 }
 
-/* Note datagram skb in a socket's notes (once: a datagram noted and not yet taken is skipped), if it
- * goes to local port port (host order; 0: whatever its port). */
+/* Note datagram skb in a socket's notes (once: a datagram noted and not yet taken is skipped), if its
+ * destination port is port (host order; 0: any port). */
 static __always_inline void udp_note(struct udp_notes *notes, u64 skb, u32 which, u16 port)
 {
     if (!skb)
