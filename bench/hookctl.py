@@ -123,22 +123,19 @@ class Loaded:
         flt = parse(text)
         self.kind = kind
         self.engine: Engine | None = None
-        if kind in EMPTY_KINDS:
+        if kind in EMPTY_KINDS or kind == "least-work":
             kernel.prepare()
             from bcc import BPF
 
             # the engine's hooks on this kernel (as NodeEngine.start picks them)
             engine_hooks = KernelHooks.detect(kernel.tracepoint_exists).tracepoints()
-            self.programs = Programs(BPF(text=empty_program(EMPTY_KINDS[kind](engine_hooks)).encode()))
-        elif kind == "least-work":
-            kernel.prepare()
-            from bcc import BPF
-
-            engine_hooks = KernelHooks.detect(kernel.tracepoint_exists).tracepoints()
-            bpf = BPF(text=least_work_program(engine_hooks).encode())
-            conf = bpf["conf"]
-            for index, value in enumerate((flt.proc_id, flt.dev_id, os.stat("/proc/self/ns/net").st_ino)):
-                conf[conf.Key(index)] = conf.Leaf(value)
+            if kind == "least-work":
+                bpf = BPF(text=least_work_program(engine_hooks).encode())
+                conf = bpf["conf"]
+                for index, value in enumerate((flt.proc_id, flt.dev_id, os.stat("/proc/self/ns/net").st_ino)):
+                    conf[conf.Key(index)] = conf.Leaf(value)
+            else:
+                bpf = BPF(text=empty_program(EMPTY_KINDS[kind](engine_hooks)).encode())
             self.programs = Programs(bpf)
         elif kind == "engine":
             self.engine = Engine(flt, EngineConfig(stream=False))

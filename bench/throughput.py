@@ -74,6 +74,8 @@ from mace_lab.topology import Topology
 
 CONFIGS = ("none", "empty", "nonmatch", "match", "netqtop")
 EXPERIMENTS = ("least-work",)
+COUNTING = ("match", *EXPERIMENTS)
+"""Configurations whose program sets count what they measure (kept per window)."""
 NETQTOP = Path("/usr/sbin/netqtop-bpfcc")
 NETQTOP_INTERVAL_S = 1.0
 NETQTOP_READY_S = 90.0
@@ -274,7 +276,7 @@ def run_direction(
                 window["read_pps"] = rate(first, last, "in_datagrams")
             if name is not None:
                 reply = ctl.request("detach", name=name)
-                if config in ("match", "least-work"):
+                if config in COUNTING:
                     counted = reply["counters"]["out_count"] + reply["counters"]["in_count"]
                     window["engine_measured"] = counted - matched_so_far.get(config, 0)
                     matched_so_far[config] = counted
@@ -361,7 +363,7 @@ def analyse(raw: Record, rng: random.Random) -> Record:
         }
         if "read_pps" in windows[0]:
             entry["read_pps_median"] = round(median([w["read_pps"] for w in windows]))
-        if config in ("match", "least-work"):
+        if config in COUNTING:
             entry["engine_measured_per_window"] = [w.get("engine_measured") for w in windows]
         if config == "netqtop":
             reports = [r for w in windows for r in w["netqtop_reports_pps"]]
